@@ -78,6 +78,7 @@ class ReplicationSettings:
     max_retries: int = DEFAULT_RETRIES
     work_dir: str = ""
     pg_bin_dir: str | None = None
+    dump_compression: int = 0
 
     @property
     def kept_tables(self) -> list[TableName]:
@@ -307,6 +308,7 @@ def load_replication(env: Mapping[str, str] | None = None, get_connection: Conne
         max_retries=parse_int(env, "MAX_RETRY_COUNT", DEFAULT_RETRIES, minimum=0, maximum=100),
         work_dir=work_dir,
         pg_bin_dir=_get(env, "PG_BIN_DIR"),
+        dump_compression=parse_int(env, "PG_DUMP_COMPRESSION", 0, minimum=0, maximum=9),
     )
 
 

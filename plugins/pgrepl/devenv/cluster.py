@@ -50,11 +50,16 @@ class Cluster:
         self.settings = settings or {}
         self.started = False
         if self.user:
+            if base_dir:  # the server user must be able to reach its folder
+                os.chmod(base_dir, os.stat(base_dir).st_mode | 0o711)
             os.chmod(self.root, 0o755)
             shutil.chown(self.root, user=self.user)
 
     def _run(self, args: list[str], **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run(args, user=self.user, check=True, capture_output=True, text=True, **kwargs)
+        result = subprocess.run(args, user=self.user, capture_output=True, text=True, **kwargs)
+        if result.returncode != 0:
+            raise RuntimeError(f"{os.path.basename(args[0])} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+        return result
 
     def start(self) -> "Cluster":
         self._run([tool("initdb"), "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
@@ -86,7 +91,7 @@ class Cluster:
         if self.started:
             try:
                 self._run([tool("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"])
-            except subprocess.CalledProcessError:
+            except RuntimeError:
                 pass
             self.started = False
         shutil.rmtree(self.root, ignore_errors=True)

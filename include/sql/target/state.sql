@@ -1,0 +1,16 @@
+-- pg-replication's own bookkeeping in the warehouse (schema "_pgrepl"); idempotent.
+CREATE SCHEMA IF NOT EXISTS _pgrepl;
+CREATE TABLE IF NOT EXISTS _pgrepl.lease (
+    id integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    run_id text NOT NULL,
+    acquired_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS _pgrepl.swap (
+    schema_name text PRIMARY KEY,
+    aside_name text NOT NULL,
+    existed boolean NOT NULL,
+    moved_back oid[] NOT NULL DEFAULT '{}',
+    extensions text[] NOT NULL DEFAULT '{}',
+    run_id text,
+    started_at timestamptz NOT NULL DEFAULT now()
+);

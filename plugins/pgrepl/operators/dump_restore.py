@@ -1,0 +1,113 @@
+"""Operators of the full copy: ``pg_dump`` and ``pg_restore`` run by BashOperator, SQL files on the warehouse.
+
+They stay thin: the work is in :mod:`pgrepl.fullcopy`, which the benchmarks call too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from pgrepl import fullcopy
+from pgrepl.hooks.warehouse import WarehouseBusy
+from pgrepl.settings import ReplicationSettings, SettingsError, airflow_connection_getter, load_replication
+
+
+def replication_settings() -> ReplicationSettings:
+    """Settings for a task; a bad setting fails the task without retry, naming it."""
+    try:
+        return load_replication(get_connection=airflow_connection_getter)
+    except SettingsError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+class _ClientCommandOperator(BashOperator):
+    """A BashOperator whose command and environment come from :mod:`pgrepl.fullcopy` at run time."""
+
+    script: str = ""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("do_xcom_push", True)
+        super().__init__(bash_command=self.script, **kwargs)
+
+    def _runner(self, context):
+        def run(script: str, env: dict) -> None:
+            self.bash_command = script
+            self.env = env  # already a full copy of the environment, with PGPASSFILE and no password
+            self.append_env = False
+            BashOperator.execute(self, context)
+
+        return run
+
+
+class PgDumpOperator(_ClientCommandOperator):
+    """``pg_dump`` of the source: directory format, ``--jobs``, tables kept by ``BACKUP_MODE`` excluded, in a snapshot
+    shared with a row count of every dumped table (for verification).
+
+    Returns ``{"dump_dir", "log_file", "seconds", "source_counts"}``.
+    """
+
+    script = fullcopy.DUMP_SCRIPT
+    ui_color = "#d6eaf8"
+
+    def execute(self, context) -> dict:
+        settings = replication_settings()
+        key = fullcopy.run_key(context["run_id"])
+        result = fullcopy.dump(settings, key, runner=self._runner(context))
+        self.log.info("dumped %s tables in %.1f s into %s", len(result["source_counts"]), result["seconds"], result["dump_dir"])
+        return result
+
+
+class PgRestoreOperator(_ClientCommandOperator):
+    """``pg_restore --jobs --no-owner --use-list`` into the warehouse behind the schema swap.
+
+    The live schemas are moved aside first; on any failure they are put back (yesterday's warehouse stays
+    readable), on success they are dropped and the dump folder removed.
+    Returns ``{"seconds", "log_file", "items", "skipped", "kept_in_place", "dropped_with_old_tables"}``.
+    """
+
+    script = fullcopy.RESTORE_SCRIPT
+    ui_color = "#d5f5e3"
+
+    def execute(self, context) -> dict:
+        settings = replication_settings()
+        key = fullcopy.run_key(context["run_id"])
+        try:
+            result = fullcopy.restore(settings, key, context["run_id"], runner=self._runner(context))
+        except (fullcopy.PreflightError, WarehouseBusy) as exc:
+            raise AirflowFailException(str(exc)) from None
+        self.log.info("restored %s items in %.1f s", result["items"], result["seconds"])
+        return result
+
+
+class WarehouseSQLOperator(BaseOperator):
+    """Run SQL files (Jinja templates under ``include/sql``) on the warehouse, each in its own transaction.
+
+    :param sql: paths relative to the DAG's ``template_searchpath`` (templated).
+    """
+
+    template_fields: Sequence[str] = ("sql",)
+    template_ext: Sequence[str] = (".sql",)
+    template_fields_renderers = {"sql": "sql"}
+    ui_color = "#fcf3cf"
+
+    def __init__(self, *, sql: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sql = sql
+        self.files = list(sql)
+
+    def execute(self, context) -> dict:
+        settings = replication_settings()
+        import time
+
+        started = time.monotonic()
+        try:
+            timings = fullcopy.run_sql(settings.target, list(zip(self.files, self.sql)), context["run_id"])
+        except WarehouseBusy as exc:
+            raise AirflowFailException(str(exc)) from None
+        except Exception as exc:
+            raise AirflowException(f"SQL on the warehouse failed: {exc}") from exc
+        return {"seconds": round(time.monotonic() - started, 3), "files": timings}

@@ -1,0 +1,163 @@
+"""The restore list: which entries of a dump's table of contents ``pg_restore --use-list`` restores.
+
+Pure functions over the text of ``pg_restore -l`` and facts read from the source catalog. Objects are matched to
+their table by catalog identity (``pg_class``/``pg_constraint``/``pg_attrdef``... OIDs recorded in the dump), never
+by substring: the seed's regular expressions also dropped ``answers-archive`` when ``answers`` was excluded, and
+treated ``-`` and ``_`` alike so that knex's ``knowledge_elements_userid_index`` followed ``knowledge-elements``.
+Here an index follows the table it is built on, whatever its name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: TOC entry kinds made of several words, longest first (from pg_dump's source)
+MULTI_WORD_DESCS = sorted(
+    [
+        "TABLE DATA", "SEQUENCE SET", "SEQUENCE OWNED BY", "FK CONSTRAINT", "CHECK CONSTRAINT", "DEFAULT ACL",
+        "MATERIALIZED VIEW DATA", "MATERIALIZED VIEW", "INDEX ATTACH", "TABLE ATTACH", "ROW SECURITY",
+        "FOREIGN TABLE", "FOREIGN DATA WRAPPER", "USER MAPPING", "TEXT SEARCH CONFIGURATION",
+        "TEXT SEARCH DICTIONARY", "TEXT SEARCH PARSER", "TEXT SEARCH TEMPLATE", "PROCEDURAL LANGUAGE",
+        "ACCESS METHOD", "EVENT TRIGGER", "LARGE OBJECT", "PUBLICATION TABLE", "PUBLICATION TABLES IN SCHEMA",
+        "SHELL TYPE", "DATABASE PROPERTIES", "OPERATOR CLASS", "OPERATOR FAMILY",
+    ],
+    key=len,
+    reverse=True,
+)
+
+#: kinds whose dumpId line carries no catalog id ("0 0") and whose tag names a sequence
+SEQUENCE_NAMED = ("SEQUENCE SET", "SEQUENCE OWNED BY")
+
+
+@dataclass(frozen=True)
+class TocEntry:
+    """One line of ``pg_restore -l``."""
+
+    line: str
+    dump_id: int
+    classid: int
+    objid: int
+    desc: str
+    rest: str  # "<schema> <tag> <owner>" as printed (names are not quoted by pg_restore -l)
+
+
+@dataclass
+class SourceCatalog:
+    """What the filter needs to know about the source database.
+
+    :param owners: ``(catalog oid, object oid) -> oid of the table it belongs to`` for tables themselves, their
+        indexes, constraints, defaults, triggers, rules, policies, extended statistics and owned sequences.
+    :param sequences: ``(schema, sequence name) -> oid of the owning table`` (for SEQUENCE SET / OWNED BY lines,
+        which carry no catalog id).
+    :param tables: ``oid -> (schema, table name)`` of every table-like relation.
+    """
+
+    owners: dict[tuple[int, int], int] = field(default_factory=dict)
+    sequences: dict[tuple[str, str], int] = field(default_factory=dict)
+    tables: dict[int, tuple[str, str]] = field(default_factory=dict)
+
+    def table_oid(self, schema: str, name: str) -> int | None:
+        for oid, key in self.tables.items():
+            if key == (schema, name):
+                return oid
+        return None
+
+
+@dataclass
+class RestoreList:
+    """The filtered list plus why each dropped line was dropped."""
+
+    kept: list[TocEntry]
+    dropped: list[tuple[TocEntry, str]]
+
+    def text(self) -> str:
+        return "".join(entry.line + "\n" for entry in self.kept)
+
+    def count(self, desc: str) -> int:
+        return sum(1 for entry in self.kept if entry.desc == desc)
+
+
+def parse_toc(text: str) -> list[TocEntry]:
+    """Parse ``pg_restore -l`` output; comment lines (``;``) are skipped."""
+    entries = []
+    for raw in text.splitlines():
+        line = raw.rstrip("\n")
+        if not line.strip() or line.lstrip().startswith(";"):
+            continue
+        head, sep, tail = line.partition("; ")
+        if not sep:
+            raise ValueError(f"unexpected restore-list line: {line!r}")
+        parts = tail.split(" ", 2)
+        if len(parts) < 3:
+            raise ValueError(f"unexpected restore-list line: {line!r}")
+        classid, objid, remainder = int(parts[0]), int(parts[1]), parts[2]
+        desc = next((d for d in MULTI_WORD_DESCS if remainder == d or remainder.startswith(d + " ")), None)
+        if desc is None:
+            desc = remainder.split(" ", 1)[0]
+        rest = remainder[len(desc):].lstrip(" ")
+        entries.append(TocEntry(line, int(head), classid, objid, desc, rest))
+    return entries
+
+
+def _named_sequence_owner(entry: TocEntry, catalog: SourceCatalog) -> int | None:
+    """Owning table of the sequence named by a SEQUENCE SET / OWNED BY line (exact schema and name)."""
+    for (schema, name), table_oid in catalog.sequences.items():
+        prefix = f"{schema} {name} "
+        if entry.rest.startswith(prefix) and " " not in entry.rest[len(prefix):]:
+            return table_oid
+        if entry.rest == f"{schema} {name}":
+            return table_oid
+    return None
+
+
+def _names_schema(rest: str, schema: str) -> bool:
+    """A SCHEMA line prints ``- <name> <owner>``: exact name, owner optional."""
+    prefix = f"- {schema}"
+    return rest == prefix or (rest.startswith(prefix + " ") and " " not in rest[len(prefix) + 1:])
+
+
+def filter_restore_list(
+    toc_text: str,
+    catalog: SourceCatalog,
+    excluded_tables: set[int],
+    restore_fk_constraints: bool = True,
+    precreated_schemas: set[str] | None = None,
+) -> RestoreList:
+    """Choose what ``pg_restore --use-list`` restores.
+
+    Dropped: every COMMENT; FK constraints when ``restore_fk_constraints`` is false; every object that belongs to an
+    excluded table (the tables of ``BACKUP_MODE``, which the warehouse keeps); ``SCHEMA`` entries of schemas the
+    restore step creates itself.
+
+    :param toc_text: output of ``pg_restore -l`` on the dump.
+    :param catalog: ownership facts read from the source (:class:`SourceCatalog`).
+    :param excluded_tables: OIDs (in the source) of the tables left alone.
+    :param restore_fk_constraints: the ``RESTORE_FK_CONSTRAINTS`` setting.
+    :param precreated_schemas: schema names created before the restore.
+    """
+    precreated = precreated_schemas or set()
+    kept: list[TocEntry] = []
+    dropped: list[tuple[TocEntry, str]] = []
+    for entry in parse_toc(toc_text):
+        reason = None
+        if entry.desc == "COMMENT":
+            reason = "comments are not restored"
+        elif entry.desc == "FK CONSTRAINT" and not restore_fk_constraints:
+            reason = "RESTORE_FK_CONSTRAINTS=false"
+        elif entry.desc == "SCHEMA" and any(_names_schema(entry.rest, schema) for schema in precreated):
+            reason = "schema created by the restore step"
+        else:
+            if entry.desc in SEQUENCE_NAMED and entry.objid == 0:
+                owner = _named_sequence_owner(entry, catalog)
+            elif entry.desc == "TABLE DATA":
+                owner = catalog.owners.get((1259, entry.objid), entry.objid)
+            else:
+                owner = catalog.owners.get((entry.classid, entry.objid))
+            if owner is not None and owner in excluded_tables:
+                schema, name = catalog.tables.get(owner, ("?", "?"))
+                reason = f"belongs to kept table {schema}.{name}"
+        if reason:
+            dropped.append((entry, reason))
+        else:
+            kept.append(entry)
+    return RestoreList(kept, dropped)

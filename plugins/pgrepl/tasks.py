@@ -1,0 +1,88 @@
+"""Plain callables behind the DAG's small Python tasks (preflight, rollback, release)."""
+
+from __future__ import annotations
+
+import logging
+
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from pgrepl import fullcopy
+from pgrepl.hooks import warehouse
+from pgrepl.settings import (
+    SettingsError,
+    airflow_connection_getter,
+    load_lcms,
+    load_replication,
+    parse_notifications,
+)
+
+log = logging.getLogger(__name__)
+
+
+def order_incremental(settings) -> list[str]:
+    """Incremental tables, parents first when the incremental step provides an FK order."""
+    tables = settings.incremental_tables
+    try:
+        from pgrepl.incremental import order_incremental_tables
+    except ImportError:
+        return [str(t) for t in tables]
+    return [str(t) for t in order_incremental_tables(settings.source, tables)]
+
+
+def preflight(run_id: str) -> dict:
+    """Validate every setting, reach both databases, check tools and roles, take the run lease.
+
+    Bad settings, a superuser target, missing tables or a busy warehouse fail without retry; an unreachable
+    database is retried (it may be a passing outage).
+    """
+    try:
+        settings = load_replication(get_connection=airflow_connection_getter)
+        lcms = load_lcms(get_connection=airflow_connection_getter)
+        notifications = parse_notifications(__import__("os").environ)
+    except SettingsError as exc:
+        raise AirflowFailException(str(exc)) from None
+    try:
+        facts = fullcopy.preflight(settings)
+    except fullcopy.PreflightError as exc:
+        message = str(exc)
+        if "unreachable" in message:
+            raise AirflowException(message) from None
+        raise AirflowFailException(message) from None
+    with settings.target.connect() as db:
+        try:
+            warehouse.acquire_lease(db, run_id)
+        except warehouse.WarehouseBusy as exc:
+            raise AirflowFailException(str(exc)) from None
+        pending = warehouse.swap_in_progress(db)
+    if pending:
+        log.warning("an interrupted restore left schemas %s aside: the restore step will put them back first", pending)
+    result = {
+        "run_key": fullcopy.run_key(run_id),
+        "incremental_tables": order_incremental(settings),
+        "kept_tables": [str(t) for t in settings.kept_tables],
+        "learning_content": lcms is not None,
+        "notifications": len(notifications),
+        "source_server_major": facts["server_major"],
+    }
+    log.info("preflight ok: %s", result)
+    return result
+
+
+def rollback(run_id: str) -> list[str]:
+    """Put yesterday's warehouse back after a failed restore (no-op when nothing is aside)."""
+    settings = load_replication(get_connection=airflow_connection_getter)
+    restored = fullcopy.rollback(settings)
+    log.info("schemas put back: %s", restored or "none (nothing was aside)")
+    return restored
+
+
+def release(run_id: str) -> bool:
+    """Release the run lease (runs whatever happened before)."""
+    try:
+        settings = load_replication(get_connection=airflow_connection_getter)
+    except SettingsError:
+        return False  # preflight failed on settings: no lease was taken
+    with settings.target.connect() as db:
+        released = warehouse.release_lease(db, run_id)
+    log.info("lease %s", "released" if released else "was not held by this run")
+    return released
