@@ -22,13 +22,15 @@ so that a bad value fails with the table, the record id and the field in the mes
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 SMALLINT_RANGE = (-32768, 32767)
 
@@ -45,11 +47,11 @@ class Field:
     type: str
     source: str | None = None
 
-    @property
+    @cached_property
     def is_array(self) -> bool:
         return self.type.endswith("[]")
 
-    @property
+    @cached_property
     def base_type(self) -> str:
         """``text`` for ``text[]``, ``numeric`` for ``numeric(6,5)``."""
         return re.sub(r"\(.*\)$", "", self.type.removesuffix("[]").strip())
@@ -161,7 +163,7 @@ TABLE_NAMES: tuple[str, ...] = tuple(t.name for t in TABLES)
 def _lookup(record: Mapping[str, Any], path: str) -> Any:
     value: Any = record
     for part in path.split("."):
-        if not isinstance(value, Mapping):
+        if not isinstance(value, dict):
             return None
         value = value.get(part)
     return value
@@ -184,21 +186,37 @@ _TRUTHY = re.compile(r"^truthy\(([^()]+)\)$")
 _LISTOF = re.compile(r"^\[([^\[\]]+)\]$")
 
 
-def extract(record: Mapping[str, Any], field: Field) -> Any:
-    """The raw value of ``field`` in ``record``, per its source expression (no type conversion)."""
+@lru_cache(maxsize=None)
+def extractor(field: Field) -> Callable[[Mapping[str, Any]], Any]:
+    """The function reading ``field``'s raw value from a record, compiled once from its source expression."""
     source = field.source
     if source is None:
-        return record.get(field.name)
+        name = field.name
+        return lambda record: record.get(name)
     if source.startswith("="):
-        return json.loads(source[1:])
+        constant = json.loads(source[1:])
+        return lambda record: copy.deepcopy(constant)
     match = _TRUTHY.match(source)
     if match:
-        return _truthy(_lookup(record, match.group(1)))
+        path = match.group(1)
+        return lambda record: _truthy(_lookup(record, path))
     match = _LISTOF.match(source)
     if match:
-        value = _first(_lookup(record, match.group(1)))
-        return [] if value is None else [value]
-    return _lookup(record, source)
+        path = match.group(1)
+
+        def one_element_list(record: Mapping[str, Any]) -> list:
+            value = _first(_lookup(record, path))
+            return [] if value is None else [value]
+
+        return one_element_list
+    if "." not in source:
+        return lambda record: record.get(source)
+    return lambda record: _lookup(record, source)
+
+
+def extract(record: Mapping[str, Any], field: Field) -> Any:
+    """The raw value of ``field`` in ``record``, per its source expression (no type conversion)."""
+    return extractor(field)(record)
 
 
 def check_declarations(tables: Iterable[Table] = TABLES) -> None:
@@ -328,7 +346,7 @@ def convert(field: Field, value: Any) -> Any:
 
 def record_id(table: Table, record: Any, position: int) -> str:
     """The record's ``id`` as text; a record without one fails naming the table and its position."""
-    if not isinstance(record, Mapping):
+    if not isinstance(record, dict):
         raise LearningContentError(
             f"table {table.name}: record #{position} is a {type(record).__name__}, not a JSON object"
         )
@@ -339,19 +357,44 @@ def record_id(table: Table, record: Any, position: int) -> str:
     return str(value)
 
 
+def compile_table(table: Table) -> list[tuple[Field, Callable[[Mapping[str, Any]], Any]]]:
+    """Per field, the function record -> checked value (extraction then conversion), built once per table."""
+    plan = []
+    for field in table.fields:
+        read = extractor(field)
+        if field.is_array:
+            def value(record: Mapping[str, Any], read=read, field=field) -> Any:
+                return convert(field, read(record))
+        else:
+            to_type = CONVERTERS[field.base_type]
+            missing = False if field.base_type == "boolean" else None
+
+            def value(record: Mapping[str, Any], read=read, to_type=to_type, missing=missing, type_=field.type) -> Any:
+                raw = read(record)
+                if type(raw) is list:
+                    raw = raw[0] if raw else None
+                return missing if raw is None else to_type(raw, type_)
+        plan.append((field, value))
+    return plan
+
+
+def _row(table: Table, plan: list, record: Any, position: int) -> tuple:
+    rid = record_id(table, record, position)
+    row: list[Any] = [rid]
+    for field, value in plan:
+        try:
+            row.append(value(record))
+        except _Misfit as exc:
+            raise LearningContentError(f"table {table.name}: record {rid}: field {field.name} ({field.type}): {exc}") from None
+    return tuple(row)
+
+
 def to_row(table: Table, record: Mapping[str, Any], position: int = 0) -> tuple:
     """One record -> one row ``(id, field1, field2, ...)`` in :attr:`Table.columns` order.
 
     :raises LearningContentError: naming the table, the record id and the field.
     """
-    rid = record_id(table, record, position)
-    row: list[Any] = [rid]
-    for field in table.fields:
-        try:
-            row.append(convert(field, extract(record, field)))
-        except _Misfit as exc:
-            raise LearningContentError(f"table {table.name}: record {rid}: field {field.name} ({field.type}): {exc}") from None
-    return tuple(row)
+    return _row(table, compile_table(table), record, position)
 
 
 def map_payload(payload: Any, tables: Iterable[Table] = TABLES) -> dict[str, list[tuple]]:
@@ -371,8 +414,9 @@ def map_payload(payload: Any, tables: Iterable[Table] = TABLES) -> dict[str, lis
             raise LearningContentError(f"table {table.name}: expected a list of records, got a {type(records).__name__}")
         rows = []
         seen: set[str] = set()
+        plan = compile_table(table)
         for position, record in enumerate(records):
-            row = to_row(table, record, position)
+            row = _row(table, plan, record, position)
             if row[0] in seen:
                 raise LearningContentError(f"table {table.name}: record {row[0]} appears twice (id must be unique)")
             seen.add(row[0])
