@@ -266,10 +266,12 @@ def build_restore_list(settings: ReplicationSettings, paths: RunPaths) -> tuple[
 
     Returns the list, ``{schema: relation names the dump creates}`` and ``{schema: kept table names}``.
     """
-    toc = subprocess.run(
-        [tool("pg_restore", settings.pg_bin_dir), "--list", str(paths.dump_dir)],
-        capture_output=True, text=True, check=True,
-    ).stdout
+    listed = subprocess.run(
+        [tool("pg_restore", settings.pg_bin_dir), "--list", str(paths.dump_dir)], capture_output=True, text=True
+    )
+    if listed.returncode != 0:
+        raise RuntimeError(f"cannot read the dump at {paths.dump_dir}: {listed.stderr.strip()[-1000:]}")
+    toc = listed.stdout
     with settings.source.connect() as db:
         relations = catalog.read_relations(db)
         source_catalog = catalog.read_source_catalog(db, relations)

@@ -1,0 +1,146 @@
+"""The full copy on real PostgreSQL: dump -> swap -> restore -> compat views -> enrichment."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from pgrepl import fullcopy
+from pgrepl.hooks import warehouse
+from pgrepl.settings import ReplicationSettings, TableName
+
+
+@pytest.fixture
+def make_settings(source_db, target_db, tmp_path):
+    def factory(**kwargs) -> ReplicationSettings:
+        return ReplicationSettings(source=source_db, target=target_db, work_dir=str(tmp_path / "work"), jobs=2, **kwargs)
+
+    return factory
+
+
+def rows(conn, query, params=None):
+    with conn.connect() as db:
+        return db.execute(query, params).fetchall()
+
+
+def relnames(conn, kind):
+    return {r[0] for r in rows(conn, "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = %s", (kind,))}
+
+
+def test_full_copy_equals_source(make_settings, source_db, target_db, fingerprint):
+    result = fullcopy.run_full_copy(make_settings(), "run1")
+    source, target = fingerprint(source_db), fingerprint(target_db)
+    assert target == source
+    assert result["source_counts"] == {f"public.{t}": count for t, (count, _) in source.items()}
+    # views, compat view, indexes, constraints, sequences
+    assert {"active-users", "schooling-registrations"} <= relnames(target_db, "v")
+    indexes = relnames(target_db, "i")
+    assert {"knowledge-elements_createdAt_idx", "knowledge-element-snapshots_snappedAt_idx", "answers_challengeId_idx",
+            "users_createdAt_idx", "knowledge_elements_userid_index", "answers_pkey"} <= indexes
+    fks = rows(target_db, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'public'::regnamespace")[0][0]
+    assert fks == rows(source_db, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'public'::regnamespace")[0][0] > 0
+    assert rows(target_db, "SELECT nextval('answers_id_seq') > (SELECT max(id) FROM answers)")[0][0] is True
+    # COMMENTs are not restored
+    assert rows(target_db, "SELECT count(*) FROM pg_description d JOIN pg_class c ON c.oid = d.objoid WHERE c.relnamespace = 'public'::regnamespace")[0][0] == 0
+    # no leftovers: aside schema dropped, dump folder removed, lease released
+    assert rows(target_db, "SELECT count(*) FROM pg_namespace WHERE nspname LIKE '\\_pgrepl\\_prev%'")[0][0] == 0
+    assert not glob.glob(os.path.join(make_settings().work_dir, "run1", "dump"))
+    assert rows(target_db, "SELECT count(*) FROM _pgrepl.lease")[0][0] == 0
+
+
+def test_second_night_replaces_and_kept_tables_are_untouched(make_settings, source_db, target_db, fingerprint):
+    fullcopy.run_full_copy(make_settings(), "night1")
+    with target_db.connect() as db:  # the warehouse's own rows in the kept table, and a warehouse-only table
+        db.execute("INSERT INTO answers (id, \"challengeId\") VALUES (999999, 'kept-marker')")
+        db.execute('CREATE TABLE areas (id text PRIMARY KEY, name text)')
+        db.execute("INSERT INTO areas VALUES ('a1', 'Information')")
+        db.commit()
+    with source_db.connect() as db:
+        db.execute("DELETE FROM \"answers-archive\" WHERE id % 20 = 0")
+        db.execute("INSERT INTO users (\"firstName\", \"lastName\") VALUES ('new', 'user')")
+        db.commit()
+    before = fingerprint(target_db)
+    result = fullcopy.run_full_copy(make_settings(backup_mode={TableName("public", "answers"): "none"}), "night2")
+    after, source = fingerprint(target_db), fingerprint(source_db)
+    assert after["answers"] == before["answers"]  # never touched
+    assert after["areas"] == before["areas"]  # not from the source: left alone
+    assert "public.answers" not in result["source_counts"]
+    for table in ("answers-archive", "users", "assessments", "knowledge-elements"):
+        assert after[table] == source[table], table
+    # the kept table keeps its indexes and sequence; the FK from answers to assessments went with the old table
+    assert "answers_assessmentid_index" in relnames(target_db, "i")
+    assert rows(target_db, "SELECT nextval('answers_id_seq') > 0")[0][0]
+
+
+def test_fk_switch_off(make_settings, target_db):
+    fullcopy.run_full_copy(make_settings(restore_fk_constraints=False), "nofk")
+    assert rows(target_db, "SELECT count(*) FROM pg_constraint WHERE contype = 'f'")[0][0] == 0
+    assert rows(target_db, "SELECT count(*) FROM pg_constraint WHERE contype = 'p'")[0][0] > 0
+
+
+def test_failed_restore_puts_yesterday_back(make_settings, source_db, target_db, fingerprint):
+    settings = make_settings()
+    fullcopy.run_full_copy(settings, "good")
+    yesterday = fingerprint(target_db)
+    views = relnames(target_db, "v")
+    with source_db.connect() as db:
+        db.execute("UPDATE users SET \"lastName\" = 'changed'")
+        db.commit()
+    fullcopy.dump(settings, "bad")
+    # break the dump: one table's data file disappears, pg_restore fails mid-way
+    data_files = glob.glob(os.path.join(settings.work_dir, "bad", "dump", "[0-9]*.dat"))
+    data_file = max(data_files, key=os.path.getsize)
+    os.remove(data_file)
+    with pytest.raises(RuntimeError, match="command failed"):
+        fullcopy.restore(settings, "bad", "bad-run")
+    assert fingerprint(target_db) == yesterday
+    assert relnames(target_db, "v") == views
+    assert warehouse_clean(target_db)
+
+
+def test_interrupted_swap_is_healed(make_settings, target_db, fingerprint):
+    settings = make_settings()
+    fullcopy.run_full_copy(settings, "good")
+    yesterday = fingerprint(target_db)
+    # a worker dies right after moving the live schema aside (nothing ran finalize or rollback)
+    everything = {r[0] for r in rows(target_db, "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace")}
+    with target_db.connect() as db:
+        warehouse.prepare_swap(db, "dead-run", {"public": everything}, {})
+    assert fingerprint(target_db) == {}
+    assert fullcopy.rollback(settings) == ["public"]
+    assert fingerprint(target_db) == yesterday
+    # and a new restore after such a crash starts by healing too
+    with target_db.connect() as db:
+        warehouse.prepare_swap(db, "dead-run", {"public": everything}, {})
+    fullcopy.run_full_copy(settings, "next")
+    assert fingerprint(target_db) == yesterday
+    assert warehouse_clean(target_db)
+
+
+def test_kept_table_depending_on_a_replaced_sequence_is_refused(make_settings, target_db, fingerprint):
+    settings = make_settings()
+    fullcopy.run_full_copy(settings, "good")
+    yesterday = fingerprint(target_db)
+    # "answers-archive" was created LIKE answers INCLUDING DEFAULTS: its id default uses answers_id_seq
+    with pytest.raises(warehouse.SwapError, match="answers-archive needs sequence _pgrepl_prev_public.answers_id_seq"):
+        fullcopy.run_full_copy(make_settings(backup_mode={TableName("public", "answers-archive"): "none"}), "refused")
+    assert fingerprint(target_db) == yesterday
+    assert warehouse_clean(target_db)
+
+
+def test_second_run_waits_for_the_lease(make_settings, target_db):
+    with target_db.connect() as db:
+        warehouse.acquire_lease(db, "night-A")
+        with pytest.raises(warehouse.WarehouseBusy, match=r"another run \(night-A, since .*\) holds the warehouse"):
+            warehouse.acquire_lease(db, "night-B")
+        warehouse.acquire_lease(db, "night-A")  # re-entrant for the same run
+        assert warehouse.release_lease(db, "night-A")
+        warehouse.acquire_lease(db, "night-B")
+
+
+def warehouse_clean(conn) -> bool:
+    aside = rows(conn, "SELECT count(*) FROM pg_namespace WHERE nspname LIKE '\\_pgrepl\\_prev%'")[0][0]
+    pending = rows(conn, "SELECT count(*) FROM _pgrepl.swap")[0][0]
+    return aside == 0 and pending == 0
