@@ -174,6 +174,12 @@ class WebhookNotifier(BaseNotifier):
         self.ignore_tasks = tuple(ignore_tasks)
         self.timeout = timeout
 
+    def render_template_fields(self, context: Mapping, jinja_env=None) -> None:
+        # Nothing to render; and under ``airflow dags test`` the context's dag is a SerializedDAG
+        # without ``get_template_env``, which made BaseNotifier fail before sending anything.
+        if self.template_fields:
+            super().render_template_fields(context, jinja_env)
+
     def _entries(self) -> list[Notification]:
         if self.notifications is not None:
             return self.notifications
