@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shlex
 import statistics
 import subprocess
@@ -71,10 +72,48 @@ def seed_method(source, target, passfile: str) -> int:
     return int(max_id)
 
 
-def timed(fn) -> float:
+def _server_cpu(cluster: Cluster) -> float:
+    """CPU seconds of a cluster's postmaster and its reaped children (the backends of closed connections)."""
+    pid = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def _children(cluster: Cluster) -> set[int]:
+    pid = (cluster.data / "postmaster.pid").read_text().split()[0]
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == pid:
+                found.add(int(stat.parent.name))
+        except (OSError, IndexError):
+            pass
+    return found
+
+
+def _wait_reaped(clusters, before: list[set[int]]) -> None:
+    """Wait until the backends of the connections just closed are gone (their CPU then counts in cutime)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if all(_children(c) <= b for c, b in zip(clusters, before)):
+            return
+        time.sleep(0.05)
+
+
+def _client_cpu() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(fn, clusters) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of client processes + both servers' backends) of one call."""
+    children = [_children(c) for c in clusters]
+    cpu_before = _client_cpu() + sum(_server_cpu(c) for c in clusters)
     started = time.perf_counter()
     fn()
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    _wait_reaped(clusters, children)
+    return wall, _client_cpu() + sum(_server_cpu(c) for c in clusters) - cpu_before
 
 
 def main() -> None:
@@ -124,19 +163,26 @@ def main() -> None:
 
         methods = {"seed psql | psql": seed, "ours (with source count)": ours, "ours (count_source=False)": ours_no_count}
         times: dict[str, list[float]] = {name: [] for name in methods}
+        cpus: dict[str, list[float]] = {name: [] for name in methods}
         order = list(methods)
         for round_no in range(args.rounds):
             for name in (order if round_no % 2 == 0 else order[::-1]):
                 reset_target(target, args.base)
-                times[name].append(timed(methods[name]))
+                wall, cpu = timed(methods[name], (src_cluster, tgt_cluster))
+                times[name].append(wall)
+                cpus[name].append(cpu)
                 check()
-                print(f"  round {round_no + 1}: {name:28s} {times[name][-1]:6.2f} s", flush=True)
+                print(f"  round {round_no + 1}: {name:28s} {wall:6.2f} s wall, {cpu:6.2f} s CPU", flush=True)
 
-    print(f"\nincremental copy of {args.new:,} new rows ({args.base:,} already in the target), medians of {args.rounds}:")
+    print(f"\nincremental copy of {args.new:,} new rows ({args.base:,} already in the target), medians of {args.rounds}"
+          f" (load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs):")
     baseline = statistics.median(times["seed psql | psql"])
+    cpu_baseline = statistics.median(cpus["seed psql | psql"])
     for name, values in times.items():
-        median = statistics.median(values)
-        print(f"  {name:28s} {median:6.2f} s  {args.new / median:12,.0f} rows/s  ratio vs seed {baseline / median:4.2f}")
+        median, cpu = statistics.median(values), statistics.median(cpus[name])
+        print(f"  {name:28s} {median:6.2f} s  {args.new / median:10,.0f} rows/s  ratio vs seed {baseline / median:4.2f}"
+              f"   | CPU {cpu:6.2f} s  ratio vs seed {cpu_baseline / cpu:4.2f}")
+    print("ratio > 1: faster (wall) / cheaper (CPU of clients + backends) than the seed")
 
 
 if __name__ == "__main__":
