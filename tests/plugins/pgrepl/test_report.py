@@ -129,16 +129,16 @@ def test_cli_text_and_json(capsys, tmp_path):
     assert report.main([str(tmp_path / "missing.log")]) == 1
 
 
-def test_report_run_logs_the_report_and_returns_it(caplog):
-    import logging
+def test_report_run_logs_the_report_and_returns_it(monkeypatch):
     from datetime import datetime, timedelta, timezone
 
-    from pgrepl.operators.end_of_run import report_run
+    from pgrepl.operators import end_of_run
 
-    with caplog.at_level(logging.INFO, logger="pgrepl.operators.end_of_run"):
-        result = report_run({"seconds": 2}, {"seconds": 3, "log_file": str(JOBS2)}, {"seconds": 1}, total_seconds=90)
+    logged: list[str] = []
+    monkeypatch.setattr(end_of_run, "log", type("L", (), {"info": staticmethod(lambda fmt, *a: logged.append(fmt % a))}))
+    result = end_of_run.report_run({"seconds": 2}, {"seconds": 3, "log_file": str(JOBS2)}, {"seconds": 1}, total_seconds=90)
     assert result["durations"]["total"] == 90
     assert result["restore_items"]["kinds"]["INDEX"]["count"] == 4
-    assert "Total duration: 1min 30s" in caplog.text and "FK CONSTRAINT total duration" in caplog.text
+    assert "Total duration: 1min 30s" in logged and "\tTABLE DATA answers : 0.561s" in logged
     started = datetime.now(timezone.utc) - timedelta(hours=2)
-    assert report_run(None, None, None, started_at=started)["durations"]["total"] >= 7200
+    assert end_of_run.report_run(None, None, None, started_at=started)["durations"]["total"] >= 7200
