@@ -96,10 +96,11 @@ def psql_argv(psql: str, catalog: PgConn, sql_file: str) -> list[str]:
     ]
 
 
-def run_logged(argv: list[str], env: dict, log_line: LogLine, keep: int = 20) -> int:
+def run_logged(argv: list[str], env: dict, log_line: LogLine, keep: int = 20,
+               error: type[Exception] = SchemaExportError) -> int:
     """Run ``argv``, handing each line of its merged stdout/stderr to ``log_line``; return the line count.
 
-    :raises SchemaExportError: on a non-zero exit, with the last ``keep`` lines.
+    :raises error: on a non-zero exit, naming the tool, its status and its last ``keep`` lines.
     """
     tail: deque[str] = deque(maxlen=keep)
     count = 0
@@ -114,7 +115,7 @@ def run_logged(argv: list[str], env: dict, log_line: LogLine, keep: int = 20) ->
     if status != 0:
         name = os.path.basename(argv[0])
         detail = " | ".join(tail) or "no output"
-        raise SchemaExportError(f"{name} exited with status {status}: {detail}")
+        raise error(f"{name} exited with status {status}: {detail}")
     return count
 
 
