@@ -11,8 +11,15 @@ Replaces the seed's bull queues (`1024pix/pix-db-replication`):
 | `rollback` | only after a failed restore: makes sure yesterday's warehouse is back in place |
 | `compat_views` | `include/sql/compat/*.sql` |
 | `enrichment` | every `include/sql/enrichment/*.sql`, in name order |
+| `incremental_tables` | the `incremental` tables of `BACKUP_MODE`, parents first |
+| `incremental` | one mapped task per `incremental` table: new rows by `id`, streamed with COPY in one transaction |
+| `learning_content` | the LCMS API into eight typed tables, swapped atomically (skipped when not configured) |
+| `verify` | warehouse row counts against what the copy saw; emits the `warehouse_refreshed` Asset |
+| `report` | durations and the per-kind `pg_restore` timings (the seed's `parse-replication-logs`) |
+| `notify` | one mapped POST per `NOTIFICATIONS` entry with the run summary (no retry) |
 | `release` | frees the run lease, whatever happened |
 
+Any failed task also sends a failure message naming it to every `NOTIFICATIONS` entry.
 Restart a failed step: clear it with its downstream tasks (UI, or
 `airflow tasks clear pg_replication -t <task> --downstream`). Settings: README and `.env.sample`.
 """
@@ -25,7 +32,12 @@ from pathlib import Path
 import pendulum
 from airflow.sdk import DAG, task
 
+from pgrepl.assets import WAREHOUSE_REFRESHED
+from pgrepl.notify import WebhookNotifier
 from pgrepl.operators.dump_restore import PgDumpOperator, PgRestoreOperator, WarehouseSQLOperator
+from pgrepl.operators.end_of_run import WebhookOperator
+from pgrepl.operators.incremental import PostgresIncrementalOperator
+from pgrepl.operators.learning_content import LearningContentOperator
 from pgrepl.settings import DEFAULT_TIMEZONE, retries_or_default, schedule_or_default
 
 SQL_ROOT = Path(__file__).resolve().parents[1] / "include" / "sql"
@@ -39,6 +51,7 @@ with DAG(
     max_active_runs=1,
     tags=["replication", "warehouse", "postgres"],
     template_searchpath=[str(SQL_ROOT)],
+    on_failure_callback=WebhookNotifier(ignore_tasks=("notify",)),
     default_args={
         "owner": "data-engineering",
         "retries": retries_or_default(),
@@ -76,6 +89,44 @@ with DAG(
         sql=sorted(f"enrichment/{p.name}" for p in (SQL_ROOT / "enrichment").glob("*.sql")),
     )
 
+    @task(retries=0)
+    def incremental_tables() -> list[str]:
+        """The `incremental` tables of BACKUP_MODE, parents first (one mapped copy each)."""
+        from pgrepl.tasks import incremental_plan
+
+        return incremental_plan()
+
+    planned = incremental_tables()
+    incremental = PostgresIncrementalOperator.partial(task_id="incremental").expand(table=planned)
+    learning_content = LearningContentOperator(task_id="learning_content", trigger_rule="none_failed")
+
+    @task(trigger_rule="none_failed", outlets=[WAREHOUSE_REFRESHED])
+    def verify(dump_result: dict, incremental_results=None, learning_content_result=None) -> dict:
+        """Warehouse row counts equal what the copy saw."""
+        from pgrepl.operators.end_of_run import verify_run
+
+        return verify_run(dump_result, incremental_results, learning_content_result)
+
+    @task(trigger_rule="none_failed")
+    def report(dump_result: dict, restore_result: dict, enrichment_result: dict, dag_run=None) -> dict:
+        """Durations and per-kind pg_restore timings, in the log and XCom."""
+        from pgrepl.operators.end_of_run import report_run
+
+        return report_run(dump_result, restore_result, enrichment_result, started_at=dag_run.start_date)
+
+    @task(trigger_rule="none_failed")
+    def notifications(report_result: dict, incremental_results=None, learning_content_result=None,
+                      dag_run=None) -> list[dict]:
+        """One request per NOTIFICATIONS entry, carrying the run summary."""
+        import os
+
+        from pgrepl.notify import notification_requests, run_summary
+        from pgrepl.settings import parse_notifications
+
+        summary = run_summary(dag_run.dag_id, dag_run.run_id, "success", report_result,
+                              incremental_results, learning_content_result)
+        return notification_requests(parse_notifications(os.environ), summary)
+
     @task(trigger_rule="all_done", retries=0)
     def release(run_id: str | None = None) -> bool:
         """Free the run lease, whatever happened."""
@@ -83,6 +134,13 @@ with DAG(
 
         return run_release(run_id)
 
-    checked >> dump >> restore >> compat_views >> enrichment
+    verified = verify(dump.output, incremental.output, learning_content.output)
+    reported = report(dump.output, restore.output, enrichment.output)
+    requests = notifications(reported, incremental.output, learning_content.output)
+    notify = WebhookOperator.partial(task_id="notify", retries=0).expand_kwargs(requests)
+
+    checked >> dump >> restore >> compat_views >> enrichment >> planned
+    incremental >> learning_content >> verified
     restore >> rollback()
-    enrichment >> release()
+    verified >> requests
+    [verified, learning_content] >> release()

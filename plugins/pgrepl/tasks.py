@@ -19,14 +19,17 @@ from pgrepl.settings import (
 log = logging.getLogger(__name__)
 
 
-def order_incremental(settings) -> list[str]:
-    """Incremental tables, parents first when the incremental step provides an FK order."""
-    tables = settings.incremental_tables
+def incremental_plan() -> list[str]:
+    """The ``incremental`` tables of ``BACKUP_MODE``, parents first by the source's foreign keys."""
+    from pgrepl.incremental import order_incremental_tables
+
     try:
-        from pgrepl.incremental import order_incremental_tables
-    except ImportError:
-        return [str(t) for t in tables]
-    return [str(t) for t in order_incremental_tables(settings.source, tables)]
+        settings = load_replication(get_connection=airflow_connection_getter)
+    except SettingsError as exc:
+        raise AirflowFailException(str(exc)) from None
+    tables = [str(t) for t in order_incremental_tables(settings.source, settings.incremental_tables)]
+    log.info("incremental tables, in order: %s", tables or "none")
+    return tables
 
 
 def preflight(run_id: str) -> dict:
@@ -58,7 +61,7 @@ def preflight(run_id: str) -> dict:
         log.warning("an interrupted restore left schemas %s aside: the restore step will put them back first", pending)
     result = {
         "run_key": fullcopy.run_key(run_id),
-        "incremental_tables": order_incremental(settings),
+        "incremental_tables": [str(t) for t in settings.incremental_tables],
         "kept_tables": [str(t) for t in settings.kept_tables],
         "learning_content": lcms is not None,
         "notifications": len(notifications),

@@ -8,6 +8,7 @@ Everything is stopped and removed at the end (``--keep`` keeps the folder with t
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -17,9 +18,13 @@ from pathlib import Path
 
 from pgrepl.devenv import airflow_runner
 from pgrepl.devenv.cluster import Cluster
+from pgrepl.devenv.lcms_server import start_lcms_server
 from pgrepl.devenv.sample_data import load_sample
+from pgrepl.devenv.webhook_sink import WebhookSink
 
 DEMO_PASSWORD = "demo-Pw-7"  # throwaway clusters only
+DEMO_LCMS_KEY = "demo-lcms-key"
+DEMO_WEBHOOK_TOKEN = "demo-webhook-token"
 
 
 @dataclass
@@ -30,7 +35,8 @@ class DemoResult:
     warehouse_rows: dict[str, int]
     seconds: float
     log_file: Path
-    extras: dict = field(default_factory=dict)
+    webhooks: list[dict] = field(default_factory=list)
+    inspected: object = None
 
 
 def table_rows(conn) -> dict[str, int]:
@@ -59,7 +65,9 @@ def demo_env(source, target, workdir: Path) -> dict:
     }
 
 
-def run(scale: float, workdir: Path, extra_env: dict | None = None) -> DemoResult:
+def run(scale: float, workdir: Path, extra_env: dict | None = None, inspect=None) -> DemoResult:
+    """Run the demo; ``inspect(source, target)``, if given, is called before the clusters stop and its result
+    kept in ``DemoResult.inspected``."""
     started = time.monotonic()
     source_cluster, target_cluster = Cluster("demo-source", str(workdir)), Cluster("demo-warehouse", str(workdir))
     try:
@@ -68,10 +76,23 @@ def run(scale: float, workdir: Path, extra_env: dict | None = None) -> DemoResul
         source = source_cluster.create_database("pix", "pix_reader", DEMO_PASSWORD)
         target = target_cluster.create_database("warehouse", "warehouse_owner", DEMO_PASSWORD)
         load_sample(source, scale)
-        env = airflow_runner.airflow_env(workdir / "airflow", {**demo_env(source, target, workdir), **(extra_env or {})})
-        airflow_runner.migrate(env)
-        log_file = workdir / "dags-test.log"
-        airflow_runner.dags_test("pg_replication", env, log_path=log_file)
+        lcms_url, stop_lcms = start_lcms_server(DEMO_LCMS_KEY)
+        try:
+            with WebhookSink() as sink:
+                settings = {
+                    **demo_env(source, target, workdir),
+                    "LCMS_API_URL": lcms_url,
+                    "LCMS_API_KEY": DEMO_LCMS_KEY,
+                    "NOTIFICATIONS": json.dumps([{"url": sink.url, "token": DEMO_WEBHOOK_TOKEN}]),
+                    **(extra_env or {}),
+                }
+                env = airflow_runner.airflow_env(workdir / "airflow", settings)
+                airflow_runner.migrate(env)
+                log_file = workdir / "dags-test.log"
+                airflow_runner.dags_test("pg_replication", env, log_path=log_file)
+                received = list(sink.received)
+        finally:
+            stop_lcms()
         home = Path(env["AIRFLOW_HOME"])
         return DemoResult(
             state=airflow_runner.dag_run_state(home, "pg_replication"),
@@ -80,6 +101,8 @@ def run(scale: float, workdir: Path, extra_env: dict | None = None) -> DemoResul
             warehouse_rows=table_rows(target),
             seconds=time.monotonic() - started,
             log_file=log_file,
+            webhooks=received,
+            inspected=inspect(source, target) if inspect else None,
         )
     finally:
         source_cluster.stop()
@@ -95,6 +118,13 @@ def summary(result: DemoResult) -> str:
     lines += ["", f"  {'table':<32} {'source':>9} {'warehouse':>10}"]
     for table in sorted(set(result.source_rows) | set(result.warehouse_rows)):
         lines.append(f"  {table:<32} {result.source_rows.get(table, '-'):>9} {result.warehouse_rows.get(table, '-'):>10}")
+    for hook in result.webhooks:
+        body = hook["body"] if isinstance(hook["body"], dict) else {}
+        lines += ["", f"webhook received at {hook['path']} (Authorization: {'set' if hook['headers'].get('Authorization') else 'none'}):",
+                  f"  status={body.get('status')} durations={body.get('durations')}",
+                  f"  tables={ {t: v.get('rows') for t, v in (body.get('tables') or {}).items()} }"]
+        if body.get("message"):
+            lines.append(f"  message={body['message']}")
     lines += ["", f"total wall time: {result.seconds:.1f} s   log: {result.log_file}", f"result: {result.state}"]
     return "\n".join(lines)
 
