@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -116,6 +117,9 @@ class AirflowStack:
         self.sql_alchemy_conn = sql_alchemy_conn or f"sqlite:///{self.home / 'airflow.db'}"
         self.port = free_port()
         self.processes: dict[str, subprocess.Popen] = {}
+        self.start_timeout = 120.0
+        self._warmup: threading.Thread | None = None
+        self._warmup_error: BaseException | None = None
         self._engine = None
         binary = airflow_bin()
         if binary is None:
@@ -174,25 +178,48 @@ class AirflowStack:
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 120) -> "AirflowStack":
+        """Migrate the metadata database and spawn the three processes (returns without waiting for them)."""
         self.home.mkdir(parents=True, exist_ok=True)
+        self.start_timeout = timeout
         try:
             self.cli("db", "migrate", timeout=timeout)
             self._spawn("api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
                         "--apps", "execution")
             self._spawn("dag-processor", "dag-processor")
             self._spawn("scheduler", "scheduler", "--skip-serve-logs")
-            self._wait_http(f"http://127.0.0.1:{self.port}/execution/health", timeout)
         except BaseException:
             self.stop()
             raise
+        # The execution API answers its first request only after a long warm-up (~30 s on a busy
+        # 2-core machine): start it now, in the background, while the DAG is parsed and triggered.
+        self._warmup = threading.Thread(target=self._warm_up, name="api-warm-up", daemon=True)
+        self._warmup.start()
         return self
+
+    def _warm_up(self) -> None:
+        try:
+            self._wait_http(self.health_url, self.start_timeout)
+        except Exception as exc:  # noqa: BLE001 - reported by wait_ready
+            self._warmup_error = exc
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/execution/health"
+
+    def wait_ready(self) -> None:
+        """Block until the execution API answers (the tasks of a run need it)."""
+        if self._warmup is not None:
+            self._warmup.join(self.start_timeout + 5)
+        if self._warmup_error is not None:
+            raise self._warmup_error
+        self._wait_http(self.health_url, 10)
 
     def _wait_http(self, url: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             self._check_alive()
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
+                with urllib.request.urlopen(url, timeout=max(2.0, deadline - time.monotonic())) as response:
                     if response.status < 500:
                         return
             except OSError:
@@ -293,7 +320,7 @@ class AirflowStack:
                 raise StackError(f"timed out after {timeout:.0f} s waiting for {what}\n{self.log_tails()}")
             time.sleep(interval)
 
-    def wait_for_dag(self, dag_id: str, timeout: float = 90) -> None:
+    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
         """Until the dag-processor has serialised ``dag_id`` (import errors are reported at once)."""
 
         def parsed():
@@ -305,9 +332,11 @@ class AirflowStack:
         self._poll(f"DAG {dag_id} to be parsed", parsed, timeout)
 
     def trigger(self, dag_id: str, conf: dict | None = None, run_id: str | None = None) -> str:
-        """``airflow dags trigger`` (the DAG is unpaused first); returns the run id."""
+        """``airflow dags trigger`` (the DAG is unpaused first if needed); returns the run id."""
         run_id = run_id or f"harness__{int(time.time() * 1000)}"
-        self.cli("dags", "unpause", dag_id)
+        paused = self.query("SELECT is_paused FROM dag WHERE dag_id = :dag_id", dag_id=dag_id)
+        if not paused or paused[0][0]:
+            self.cli("dags", "unpause", dag_id)
         args = ["dags", "trigger", dag_id, "--run-id", run_id]
         if conf is not None:
             args += ["--conf", json.dumps(conf)]
@@ -319,8 +348,9 @@ class AirflowStack:
                           dag_id=dag_id, run_id=run_id)
         return rows[0][0] if rows else None
 
-    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 120) -> str:
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 240) -> str:
         """Until the run is ``success`` or ``failed``; returns that state."""
+        self.wait_ready()
 
         def finished():
             state = self.run_state(dag_id, run_id)

@@ -79,7 +79,7 @@ def test_mapped_tasks_overlap_under_the_scheduler(tmp_path):
     with AirflowStack(tmp_path / "home", dags, parallelism=4, extra_env={"HARNESS_OUT": str(out)}) as stack:
         stack.wait_for_dag(DAG_ID)
         run_id = stack.trigger(DAG_ID)
-        state = stack.wait_for_run(DAG_ID, run_id, timeout=150)
+        state = stack.wait_for_run(DAG_ID, run_id)
         tis = stack.task_instances(DAG_ID, run_id, task_id="sleepy")
         assert state == "success", stack.log_tails()
         pids = stack._own_pids()
