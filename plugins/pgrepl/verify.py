@@ -2,8 +2,9 @@
 
 * full tables: the row count in the warehouse equals the count taken in ``pg_dump``'s snapshot
   (``dump`` XCom ``source_counts``);
-* incremental tables: the count equals ``rows_after`` of the copy and ``max(id)`` equals the source's
-  ``max(id)`` the copy read (``source_max_id``);
+* incremental tables: the count equals the source's count in the copy's snapshot (``source_count``, or
+  ``rows_after`` when the copy did not count the source) and ``max(id)`` equals the source's ``max(id)``
+  the copy read (``source_max_id``);
 * learning-content tables: the count equals what the load wrote.
 
 Every mismatch is collected, then one :class:`VerificationError` names each table with both numbers.
@@ -54,7 +55,8 @@ def expected_from_runs(dump: Mapping | None, incremental: Iterable[Mapping] | No
     """``(expected rows per table, expected max(id) per incremental table)`` from the tasks' XComs.
 
     :param dump: ``{"source_counts": {"public.answers": 123, ...}}``
-    :param incremental: the mapped ``incremental`` results (``table``, ``rows_after``, ``source_max_id``)
+    :param incremental: the mapped ``incremental`` results (``table``, ``source_count`` / ``rows_after``,
+        ``source_max_id``)
     :param learning_content: ``{"tables": {name: rows}}`` or ``None`` when the step was skipped
     """
     counts = {table_key(name): int(rows) for name, rows in ((dump or {}).get("source_counts") or {}).items()}
@@ -63,7 +65,9 @@ def expected_from_runs(dump: Mapping | None, incremental: Iterable[Mapping] | No
         if not result:
             continue
         key = table_key(str(result["table"]))
-        counts[key] = int(result["rows_after"])
+        # the source's count in the copy's snapshot; rows_after when the copy did not count the source
+        source_count = result.get("source_count")
+        counts[key] = int(source_count if source_count is not None else result["rows_after"])
         if "source_max_id" in result:
             max_ids[key] = None if result["source_max_id"] is None else int(result["source_max_id"])
     for name, rows in ((learning_content or {}).get("tables") or {}).items():

@@ -16,10 +16,15 @@ def test_expected_from_runs_merges_full_incremental_and_learning_content():
         {"table": "answers", "mode": "append", "rows_before": 5, "copied": 2, "rows_after": 7, "source_count": 7,
          "source_max_id": 70},
         None,  # a skipped mapped instance
+        {"table": "stats.events", "mode": "append", "rows_before": 1, "copied": 1, "rows_after": 2, "source_count": None,
+         "source_max_id": 9},  # the copy did not count the source: rows_after
+        {"table": "purged", "mode": "append", "rows_before": 5, "copied": 0, "rows_after": 5, "source_count": 4,
+         "source_max_id": 5},  # the source lost a row the warehouse keeps: the source's count is expected
     ]
     counts, max_ids = verify.expected_from_runs(dump, incremental, {"tables": {"areas": 4}, "seconds": 1})
-    assert counts == {"public.users": 10, "public.answers-archive": 3, "public.answers": 7, "public.areas": 4}
-    assert max_ids == {"public.answers": 70}
+    assert counts == {"public.users": 10, "public.answers-archive": 3, "public.answers": 7, "stats.events": 2,
+                      "public.purged": 4, "public.areas": 4}
+    assert max_ids == {"public.answers": 70, "stats.events": 9, "public.purged": 5}
 
 
 def test_compare_lists_every_mismatch_with_both_numbers():
