@@ -69,7 +69,7 @@ def run(scale: float, workdir: Path, extra_env: dict | None = None, inspect=None
     """Run the demo; ``inspect(source, target)``, if given, is called before the clusters stop and its result
     kept in ``DemoResult.inspected``."""
     started = time.monotonic()
-    source_cluster, target_cluster = Cluster("demo-source", str(workdir)), Cluster("demo-warehouse", str(workdir))
+    source_cluster, target_cluster = Cluster("demo-source"), Cluster("demo-warehouse")
     try:
         source_cluster.start()
         target_cluster.start()
