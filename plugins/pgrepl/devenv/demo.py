@@ -123,6 +123,9 @@ def summary(result: DemoResult) -> str:
         lines += ["", f"webhook received at {hook['path']} (Authorization: {'set' if hook['headers'].get('Authorization') else 'none'}):",
                   f"  status={body.get('status')} durations={body.get('durations')}",
                   f"  tables={ {t: v.get('rows') for t, v in (body.get('tables') or {}).items()} }"]
+        for kind, entry in (body.get("restore") or {}).items():
+            slowest = ", ".join(f"{i['item']} {i['seconds']:.2f} s" for i in entry.get("slowest", []))
+            lines.append(f"  restore {kind:<14} {entry['count']:>3} items {entry['seconds']:>7.2f} s   slowest: {slowest}")
         if body.get("message"):
             lines.append(f"  message={body['message']}")
     lines += ["", f"total wall time: {result.seconds:.1f} s   log: {result.log_file}", f"result: {result.state}"]
