@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -359,7 +360,8 @@ def dump_to_s3(settings: DumpToS3Settings, hook=None, log_line: LogLine = print,
     path = os.path.join(folder, f"{key}.pgdump")
     try:
         started = time.monotonic()
-        log_line(f"pg_dump --format=custom of {settings.source.safe_url()} into {path}")
+        free_mb = shutil.disk_usage(folder).free / MB
+        log_line(f"pg_dump --format=custom of {settings.source.safe_url()} into {path} ({free_mb:.0f} MB free)")
         size = dump_source(settings, path, log_line)
         dumped = time.monotonic()
         log_line(f"dump is {size / MB:.1f} MB; uploading to s3://{bucket}/{key} at {settings.endpoint}")

@@ -106,11 +106,15 @@ def run_logged(argv: list[str], env: dict, log_line: LogLine, keep: int = 20,
     count = 0
     with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           stdin=subprocess.DEVNULL) as proc:
-        for raw in proc.stdout or ():
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            tail.append(line)
-            count += 1
-            log_line(line)
+        try:
+            for raw in proc.stdout or ():
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                tail.append(line)
+                count += 1
+                log_line(line)
+        except BaseException:  # task killed or timed out: do not leave the client running
+            proc.kill()
+            raise
         status = proc.wait()
     if status != 0:
         name = os.path.basename(argv[0])

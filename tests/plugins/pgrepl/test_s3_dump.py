@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 from datetime import datetime, timezone
 
 import pytest
@@ -115,7 +116,7 @@ def dump_env(source_db, s3, bucket, tmp_path):
 
 
 def restore(archive: str, conn) -> None:
-    with __import__("tempfile").TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         env = client_env(write_passfile(f"{tmp}/pgpass", [conn]))
         subprocess.run([tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error", "--dbname",
                         conn.safe_url(), archive], env=env, check=True, capture_output=True, text=True)

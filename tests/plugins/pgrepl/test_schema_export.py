@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tempfile
 
 import pytest
 from conftest import TEST_PASSWORD
@@ -93,7 +94,7 @@ def test_command_lines_carry_the_flags_and_no_password():
 
 def schema_dump(conn) -> str:
     """``pg_dump --schema-only`` of ``conn``, without the lines that differ between two databases."""
-    with __import__("tempfile").TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         env = client_env(write_passfile(f"{tmp}/pgpass", [conn]))
         out = subprocess.run([tool("pg_dump"), "--schema-only", "--no-owner", "--no-privileges",
                               "--dbname", conn.safe_url()], env=env, capture_output=True, text=True, check=True).stdout
