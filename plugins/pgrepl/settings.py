@@ -207,11 +207,15 @@ def parse_notifications(env: Mapping[str, str], name: str = "NOTIFICATIONS") -> 
 
 
 def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+    """The URL with any password replaced by ``***``, also when the URL is malformed (no scheme ...)."""
+    start = url.find("//")
+    start = start + 2 if start >= 0 else 0
+    end = url.find("/", start)
+    end = len(url) if end < 0 else end
+    at = url.rfind("@", start, end)
+    if at < 0 or ":" not in url[start:at]:
+        return url
+    return url[:start] + url[start:at].split(":", 1)[0] + ":***" + url[at:]
 
 
 def parse_database_url(value: str, name: str) -> PgConn:
