@@ -71,6 +71,18 @@ def _as_datetime(value) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
+def _event(line: str) -> str:
+    """One line of an Airflow 3 JSON task log as ``level: event``."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(record, dict):
+        return line
+    event = str(record.get("event", "")).strip()
+    return f"{record.get('level', '')}: {event}" if event else ""
+
+
 def max_concurrency(intervals) -> int:
     """The largest number of ``(start, end)`` intervals open at one instant (ends before starts on ties)."""
     events = []
@@ -182,7 +194,7 @@ class AirflowStack:
         self.home.mkdir(parents=True, exist_ok=True)
         self.start_timeout = timeout
         try:
-            self.cli("db", "migrate", timeout=timeout)
+            self._migrate(timeout)
             self._spawn("api-server", "api-server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
                         "--apps", "execution")
             self._spawn("dag-processor", "dag-processor")
@@ -213,6 +225,20 @@ class AirflowStack:
         if self._warmup_error is not None:
             raise self._warmup_error
         self._wait_http(self.health_url, 10)
+
+    def _migrate(self, timeout: float) -> None:
+        """``airflow db migrate``; a SQLite database is copied from the session's migrated template when the
+        project's ``airflow_helpers`` offers one (a copy takes milliseconds, a migration tens of seconds)."""
+        target = self.home / "airflow.db"
+        if self.sql_alchemy_conn == f"sqlite:///{target}":
+            try:
+                from airflow_helpers import migrated_template
+            except ImportError:
+                migrated_template = None
+            if migrated_template is not None:
+                shutil.copyfile(migrated_template(timeout), target)
+                return
+        self.cli("db", "migrate", timeout=timeout)
 
     def _wait_http(self, url: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -367,3 +393,20 @@ class AirflowStack:
             params["task_id"] = task_id
         rows = self.query(sql + " ORDER BY task_id, map_index", **params)
         return [TaskInstanceTimes(r[0], r[1], r[2], _as_datetime(r[3]), _as_datetime(r[4]), r[5], r[6]) for r in rows]
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> str:
+        """The text of every attempt's log file of one task instance (default log layout of Airflow 3)."""
+        folder = self.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        if map_index >= 0:
+            folder = folder / f"map_index={map_index}"
+        return "\n".join(p.read_text(errors="replace") for p in sorted(folder.glob("attempt=*.log")))
+
+    def failed_task_logs(self, dag_id: str, run_id: str, tail: int = 4000) -> str:
+        """The end of each failed task instance's log: what a failing test should show."""
+        parts = []
+        for ti in self.task_instances(dag_id, run_id):
+            if ti.state == "failed":
+                lines = [_event(line) for line in self.task_log(dag_id, run_id, ti.task_id, ti.map_index).splitlines()]
+                text = "\n".join(line for line in lines if line)
+                parts.append(f"--- {ti.task_id}[{ti.map_index}] ---\n{text[-tail:]}")
+        return "\n".join(parts)

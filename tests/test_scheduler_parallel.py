@@ -1,9 +1,14 @@
 """Mapped tasks run at the same time under a real scheduler (LocalExecutor, parallelism 4).
 
-``airflow dags test`` runs one task after the other; this test starts api-server + scheduler +
-dag-processor (tests/scheduler_harness.py) on a SQLite metadata database, triggers a DAG whose four
-mapped tasks each sleep 3 s, and shows from the metadata database and from the tasks' own
-timestamps that they overlapped.
+``airflow dags test`` runs one task after the other; here one stack of api-server + scheduler +
+dag-processor (tests/scheduler_harness.py, SQLite metadata) serves the whole module:
+
+* a tiny DAG whose four mapped tasks each sleep 3 s and record their own clock: they overlap;
+* the real ``pg_replication`` on a throwaway source and warehouse, two ``incremental`` tables in
+  ``BACKUP_MODE``: the run succeeds through separate task processes and its mapped ``incremental``
+  tasks run at the same time.
+
+pg_replication is triggered as soon as the stack is up, so both DAGs run while the first test waits.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from conftest import ROOT, TEST_PASSWORD, table_fingerprint
+from pgrepl.devenv.sample_data import load_sample
 from scheduler_harness import AirflowStack, airflow_bin, max_concurrency
 
 pytestmark = pytest.mark.skipif(airflow_bin() is None, reason="the airflow CLI is not installed")
@@ -21,6 +28,9 @@ pytestmark = pytest.mark.skipif(airflow_bin() is None, reason="the airflow CLI i
 DAG_ID = "harness_parallel"
 MAPPED = 4
 SLEEP = 3.0
+# `answers` is left out: in the sample, "answers-archive" (a full-copy table) takes its ids from answers_id_seq,
+# a sequence of the kept table, and the first night's restore fails on it (reported to the lead engineer)
+INCREMENTAL = ["knowledge-elements", "knowledge-element-snapshots"]
 
 DAG_FILE = textwrap.dedent(
     f'''
@@ -59,6 +69,57 @@ DAG_FILE = textwrap.dedent(
 )
 
 
+def url(conn) -> str:
+    return f"postgresql://{conn.user}:{TEST_PASSWORD}@{conn.host}:{conn.port}/{conn.dbname}"
+
+
+@pytest.fixture(scope="module")
+def databases(pg_cluster):
+    source = pg_cluster.create_database("sched_source", "sched_source_owner", TEST_PASSWORD)
+    load_sample(source, scale=0.005)
+    target = pg_cluster.create_database("sched_warehouse", "sched_warehouse_owner", TEST_PASSWORD)
+    yield source, target
+    for name in ("sched_source", "sched_warehouse"):
+        pg_cluster.drop_database(name)
+
+
+PG_TEST = "test_pg_replication_incremental_tasks_overlap"
+
+
+@pytest.fixture(scope="module")
+def stack(request, tmp_path_factory):
+    """The stack, with the tiny DAG and pg_replication (a symlink: its SQL paths follow the real file).
+
+    pg_replication gets databases and is triggered at once only when its test is selected.
+    """
+    with_replication = any(item.name == PG_TEST for item in request.session.items)
+    base = tmp_path_factory.mktemp("scheduler")
+    dags = base / "dags"
+    dags.mkdir()
+    (dags / "harness_parallel.py").write_text(DAG_FILE)
+    (dags / "pg_replication_dag.py").symlink_to(ROOT / "dags" / "pg_replication_dag.py")
+    out = base / "out"
+    out.mkdir()
+    env = {"HARNESS_OUT": str(out), "REPLICATION_WORK_DIR": str(base / "work")}
+    if with_replication:
+        source, target = request.getfixturevalue("databases")
+        env.update({
+            "SOURCE_DATABASE_URL": url(source),
+            "TARGET_DATABASE_URL": url(target),
+            "PG_RESTORE_JOBS": "2",
+            "BACKUP_MODE": json.dumps({table: "incremental" for table in INCREMENTAL}),
+            "MAX_RETRY_COUNT": "0",
+        })
+    with AirflowStack(base / "home", dags, parallelism=4, extra_env=env) as running:
+        running.out = out
+        if with_replication:
+            running.wait_for_dag("pg_replication")
+            running.replication_run = running.trigger("pg_replication")
+        yield running
+    # every process the stack started is gone, the executor's task processes included
+    assert not running._own_pids()
+
+
 def test_max_concurrency():
     t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
     s = timedelta(seconds=1)
@@ -69,30 +130,19 @@ def test_max_concurrency():
     assert max_concurrency([(t0, t0 + 9 * s)] * 3 + [(t0, None)]) == 3
 
 
-def test_mapped_tasks_overlap_under_the_scheduler(tmp_path):
-    dags = tmp_path / "dags"
-    dags.mkdir()
-    (dags / "harness_parallel.py").write_text(DAG_FILE)
-    out = tmp_path / "out"
-    out.mkdir()
-
-    with AirflowStack(tmp_path / "home", dags, parallelism=4, extra_env={"HARNESS_OUT": str(out)}) as stack:
-        stack.wait_for_dag(DAG_ID)
-        run_id = stack.trigger(DAG_ID)
-        state = stack.wait_for_run(DAG_ID, run_id)
-        tis = stack.task_instances(DAG_ID, run_id, task_id="sleepy")
-        assert state == "success", stack.log_tails()
-        pids = stack._own_pids()
-    # everything the stack started is gone
-    assert pids, "the stack ran no process?"
-    assert not stack._own_pids()
+def test_mapped_tasks_overlap_under_the_scheduler(stack):
+    stack.wait_for_dag(DAG_ID)
+    run_id = stack.trigger(DAG_ID)
+    state = stack.wait_for_run(DAG_ID, run_id)
+    tis = stack.task_instances(DAG_ID, run_id, task_id="sleepy")
+    assert state == "success", stack.log_tails()
 
     assert sorted(ti.map_index for ti in tis) == list(range(MAPPED))
     assert all(ti.state == "success" for ti in tis), tis
     # the metadata database: at least two mapped instances were running at one instant
     assert max_concurrency([(ti.start, ti.end) for ti in tis]) >= 2, [(ti.start, ti.end) for ti in tis]
     # and the tasks' own clocks agree, from different processes
-    records = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    records = [json.loads(p.read_text()) for p in sorted(stack.out.glob("*.json"))]
     assert sorted(r["n"] for r in records) == list(range(MAPPED))
     assert all(r["end"] - r["start"] >= SLEEP for r in records)
     assert max_concurrency([(r["start"], r["end"]) for r in records]) >= 2, records
@@ -100,3 +150,29 @@ def test_mapped_tasks_overlap_under_the_scheduler(tmp_path):
     # overlap means the whole map took less than running the four one after the other
     span = max(r["end"] for r in records) - min(r["start"] for r in records)
     assert span < MAPPED * SLEEP, span
+
+
+@pytest.mark.e2e
+def test_pg_replication_incremental_tasks_overlap(stack, databases):
+    source, target = databases
+    state = stack.wait_for_run("pg_replication", stack.replication_run, timeout=300)
+    tis = stack.task_instances("pg_replication", stack.replication_run)
+    states = {(ti.task_id, ti.map_index): ti.state for ti in tis}
+    if state != "success":
+        pytest.fail(f"pg_replication {state}: {states}\n{stack.failed_task_logs('pg_replication', stack.replication_run)}",
+                    pytrace=False)
+    for task in ("preflight", "dump", "restore", "compat_views", "enrichment", "verify", "report", "release"):
+        assert states[(task, -1)] == "success", (task, states)
+
+    incremental = [ti for ti in tis if ti.task_id == "incremental"]
+    assert sorted(ti.map_index for ti in incremental) == list(range(len(INCREMENTAL)))
+    assert all(ti.state == "success" for ti in incremental), incremental
+    # the mapped copies ran side by side, each in its own task process
+    print("incremental:", [(ti.map_index, ti.start.isoformat(), ti.end.isoformat()) for ti in incremental])
+    assert max_concurrency([(ti.start, ti.end) for ti in incremental]) >= 2, [(ti.start, ti.end) for ti in incremental]
+    assert len({ti.pid for ti in incremental}) == len(INCREMENTAL)
+
+    # and the warehouse got every table, the incremental ones included
+    source_tables, target_tables = table_fingerprint(source), table_fingerprint(target)
+    for table, fingerprint in source_tables.items():
+        assert target_tables.get(table) == fingerprint, table
