@@ -97,7 +97,9 @@ with DAG(
         return incremental_plan()
 
     planned = incremental_tables()
-    incremental = PostgresIncrementalOperator.partial(task_id="incremental").expand(table=planned)
+    incremental = PostgresIncrementalOperator.partial(
+        task_id="incremental", map_index_template="{{ task.table }}"
+    ).expand(table=planned)
     learning_content = LearningContentOperator(task_id="learning_content", trigger_rule="none_failed")
 
     @task(trigger_rule="none_failed", outlets=[WAREHOUSE_REFRESHED])

@@ -40,8 +40,15 @@ def read_source_catalog(db, relations: list[Relation] | None = None) -> SourceCa
     """The :class:`SourceCatalog` of the database behind ``db``."""
     relations = read_relations(db) if relations is None else relations
     owners = {(classid, objid): table for classid, objid, table in db.execute(load_sql("source_catalog")).fetchall()}
+    references = {
+        (classid, objid): table
+        for classid, objid, table in db.execute(
+            "SELECT 'pg_constraint'::regclass::oid, oid, confrelid FROM pg_constraint WHERE contype = 'f'"
+        ).fetchall()
+    }
     return SourceCatalog(
         owners=owners,
+        references=references,
         sequences={(r.schema, r.name): r.owner_table for r in relations if r.kind == "S" and r.owner_table},
         tables={r.oid: (r.schema, r.name) for r in relations if r.kind in ("r", "p", "f", "m", "v")},
     )

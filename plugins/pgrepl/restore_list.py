@@ -50,9 +50,11 @@ class SourceCatalog:
     :param sequences: ``(schema, sequence name) -> oid of the owning table`` (for SEQUENCE SET / OWNED BY lines,
         which carry no catalog id).
     :param tables: ``oid -> (schema, table name)`` of every table-like relation.
+    :param references: ``(pg_constraint oid, FK constraint oid) -> oid of the table it references``.
     """
 
     owners: dict[tuple[int, int], int] = field(default_factory=dict)
+    references: dict[tuple[int, int], int] = field(default_factory=dict)
     sequences: dict[tuple[str, str], int] = field(default_factory=dict)
     tables: dict[int, tuple[str, str]] = field(default_factory=dict)
 
@@ -126,8 +128,9 @@ def filter_restore_list(
     """Choose what ``pg_restore --use-list`` restores.
 
     Dropped: every COMMENT; FK constraints when ``restore_fk_constraints`` is false; every object that belongs to an
-    excluded table (the tables of ``BACKUP_MODE``, which the warehouse keeps); ``SCHEMA`` entries of schemas the
-    restore step creates itself.
+    excluded table (the tables of ``BACKUP_MODE``, which the warehouse keeps); FK constraints that reference an
+    excluded table (on the first night it does not exist yet, later its new rows arrive after the restore);
+    ``SCHEMA`` entries of schemas the restore step creates itself.
 
     :param toc_text: output of ``pg_restore -l`` on the dump.
     :param catalog: ownership facts read from the source (:class:`SourceCatalog`).
@@ -156,6 +159,9 @@ def filter_restore_list(
             if owner is not None and owner in excluded_tables:
                 schema, name = catalog.tables.get(owner, ("?", "?"))
                 reason = f"belongs to kept table {schema}.{name}"
+            elif entry.desc == "FK CONSTRAINT" and catalog.references.get((entry.classid, entry.objid)) in excluded_tables:
+                schema, name = catalog.tables.get(catalog.references[(entry.classid, entry.objid)], ("?", "?"))
+                reason = f"references kept table {schema}.{name} (its rows arrive later or never)"
         if reason:
             dropped.append((entry, reason))
         else:
