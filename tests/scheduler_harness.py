@@ -13,7 +13,8 @@ Usage::
     with AirflowStack(tmp_path / "home", dags_folder, parallelism=4, extra_env={...}) as stack:
         stack.wait_for_dag("my_dag")
         run_id = stack.trigger("my_dag", conf={"x": 1})
-        assert stack.wait_for_run("my_dag", run_id) == "success"
+        state = stack.wait_for_run("my_dag", run_id)
+        assert state == "success", stack.failed_task_logs("my_dag", run_id)
         tis = stack.task_instances("my_dag", run_id, task_id="sleepy")
         assert max_concurrency([(ti.start, ti.end) for ti in tis]) >= 2
 
@@ -128,6 +129,7 @@ class AirflowStack:
         self.extra_env = dict(extra_env or {})
         self.sql_alchemy_conn = sql_alchemy_conn or f"sqlite:///{self.home / 'airflow.db'}"
         self.port = free_port()
+        self._secret = secrets.token_hex(16)  # JWT + API secret shared by the three processes
         self.processes: dict[str, subprocess.Popen] = {}
         self.start_timeout = 120.0
         self._warmup: threading.Thread | None = None
@@ -143,8 +145,7 @@ class AirflowStack:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_PREFIXES)}
         python_path = [str(PLUGINS)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-        secret = getattr(self, "_secret", None) or secrets.token_hex(16)
-        self._secret = secret
+        secret = self._secret
         env.update({
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
@@ -262,7 +263,9 @@ class AirflowStack:
     def _own_pids(self) -> list[int]:
         """Every live process whose environment holds this stack's AIRFLOW_HOME (forked task runners included)."""
         marker = f"AIRFLOW_HOME={self.home}".encode()
-        pids = []
+        pids: list[int] = []
+        if not Path("/proc").is_dir():
+            return pids
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
