@@ -43,7 +43,11 @@ def read_source_catalog(db, relations: list[Relation] | None = None) -> SourceCa
     references = {
         (classid, objid): table
         for classid, objid, table in db.execute(
-            "SELECT 'pg_constraint'::regclass::oid, oid, confrelid FROM pg_constraint WHERE contype = 'f'"
+            "SELECT 'pg_constraint'::regclass::oid, oid, confrelid FROM pg_constraint WHERE contype = 'f' "
+            "UNION ALL "
+            "SELECT d.classid, d.objid, d.refobjid FROM pg_depend d WHERE d.classid = 'pg_attrdef'::regclass "
+            "AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'n' "
+            "AND d.refobjid <> (SELECT adrelid FROM pg_attrdef WHERE oid = d.objid)"
         ).fetchall()
     }
     return SourceCatalog(

@@ -50,7 +50,8 @@ class SourceCatalog:
     :param sequences: ``(schema, sequence name) -> oid of the owning table`` (for SEQUENCE SET / OWNED BY lines,
         which carry no catalog id).
     :param tables: ``oid -> (schema, table name)`` of every table-like relation.
-    :param references: ``(pg_constraint oid, FK constraint oid) -> oid of the table it references``.
+    :param references: ``(catalog oid, object oid) -> oid of the relation it references`` for FK constraints (the
+        referenced table) and column defaults (a sequence of another table, as in ``nextval('answers_id_seq')``).
     """
 
     owners: dict[tuple[int, int], int] = field(default_factory=dict)
@@ -129,7 +130,8 @@ def filter_restore_list(
 
     Dropped: every COMMENT; FK constraints when ``restore_fk_constraints`` is false; every object that belongs to an
     excluded table (the tables of ``BACKUP_MODE``, which the warehouse keeps); FK constraints that reference an
-    excluded table (on the first night it does not exist yet, later its new rows arrive after the restore);
+    excluded table, and column defaults that use an excluded table's sequence (on the first night that table
+    does not exist yet; later its new rows arrive after the restore);
     ``SCHEMA`` entries of schemas the restore step creates itself.
 
     :param toc_text: output of ``pg_restore -l`` on the dump.
@@ -159,9 +161,12 @@ def filter_restore_list(
             if owner is not None and owner in excluded_tables:
                 schema, name = catalog.tables.get(owner, ("?", "?"))
                 reason = f"belongs to kept table {schema}.{name}"
-            elif entry.desc == "FK CONSTRAINT" and catalog.references.get((entry.classid, entry.objid)) in excluded_tables:
-                schema, name = catalog.tables.get(catalog.references[(entry.classid, entry.objid)], ("?", "?"))
-                reason = f"references kept table {schema}.{name} (its rows arrive later or never)"
+            else:
+                referenced = catalog.references.get((entry.classid, entry.objid))
+                referenced_table = catalog.owners.get((1259, referenced), referenced) if referenced else None
+                if referenced_table in excluded_tables:
+                    schema, name = catalog.tables.get(referenced_table, ("?", "?"))
+                    reason = f"references kept table {schema}.{name} (missing on the first night, refreshed later)"
         if reason:
             dropped.append((entry, reason))
         else:

@@ -16,6 +16,7 @@ SELECT 'answer ' || md5(i::text), (ARRAY['ok', 'ko', 'skipped'])[1 + i % 3],
 FROM generate_series(1, current_setting('pgrepl.answers')::int) AS i;
 
 INSERT INTO "answers-archive" SELECT * FROM answers WHERE id % 10 = 0;
+SELECT setval('"answers-archive_id_seq"', (SELECT max(id) FROM "answers-archive"));
 
 INSERT INTO "knowledge-elements" (source, status, "createdAt", "answerId", "assessmentId", "skillId", "earnedPix", "userId", "competenceId")
 SELECT 'direct', (ARRAY['validated', 'invalidated'])[1 + i % 2], timestamptz '2020-01-01' + i * interval '20 seconds',

@@ -36,6 +36,9 @@ COMMENT ON COLUMN answers.value IS 'what the user answered';
 
 -- a full-mode table whose name contains an excluded one's (the seed's regex matched it too)
 CREATE TABLE "answers-archive" (LIKE answers INCLUDING DEFAULTS);
+ALTER TABLE "answers-archive" ALTER COLUMN id DROP DEFAULT;
+CREATE SEQUENCE "answers-archive_id_seq" OWNED BY "answers-archive".id;
+ALTER TABLE "answers-archive" ALTER COLUMN id SET DEFAULT nextval('"answers-archive_id_seq"');
 ALTER TABLE "answers-archive" ADD PRIMARY KEY (id);
 CREATE INDEX "answers-archive_challengeid_index" ON "answers-archive" ("challengeId");
 

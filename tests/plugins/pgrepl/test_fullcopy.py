@@ -119,13 +119,15 @@ def test_interrupted_swap_is_healed(make_settings, target_db, fingerprint):
     assert warehouse_clean(target_db)
 
 
-def test_kept_table_depending_on_a_replaced_sequence_is_refused(make_settings, target_db, fingerprint):
+def test_kept_table_depending_on_a_replaced_sequence_is_refused(make_settings, source_db, target_db, fingerprint):
+    with source_db.connect() as db:  # a table whose id default uses another table's sequence
+        db.execute("CREATE TABLE \"answers-legacy\" (id integer DEFAULT nextval('answers_id_seq') PRIMARY KEY, v text)")
+        db.commit()
     settings = make_settings()
     fullcopy.run_full_copy(settings, "good")
     yesterday = fingerprint(target_db)
-    # "answers-archive" was created LIKE answers INCLUDING DEFAULTS: its id default uses answers_id_seq
-    with pytest.raises(warehouse.SwapError, match="answers-archive needs sequence _pgrepl_prev_public.answers_id_seq"):
-        fullcopy.run_full_copy(make_settings(backup_mode={TableName("public", "answers-archive"): "none"}), "refused")
+    with pytest.raises(warehouse.SwapError, match="answers-legacy needs sequence _pgrepl_prev_public.answers_id_seq"):
+        fullcopy.run_full_copy(make_settings(backup_mode={TableName("public", "answers-legacy"): "none"}), "refused")
     assert fingerprint(target_db) == yesterday
     assert warehouse_clean(target_db)
 

@@ -27,6 +27,7 @@ TOC = """\
 226; 1259 105 VIEW public active-users src_owner
 3242; 2604 300 DEFAULT public answers id src_owner
 3243; 2604 302 DEFAULT public knowledge-elements id src_owner
+3244; 2604 303 DEFAULT public answers-archive legacy_id src_owner
 3429; 0 100 TABLE DATA public answers src_owner
 3430; 0 101 TABLE DATA public answers-archive src_owner
 3431; 0 102 TABLE DATA public knowledge-elements src_owner
@@ -53,13 +54,13 @@ CATALOG = SourceCatalog(
     owners={
         (1259, 100): 100, (1259, 101): 101, (1259, 102): 102, (1259, 103): 103, (1259, 104): 104, (1259, 105): 105,
         (1259, 200): 100, (1259, 201): 101, (1259, 202): 102,
-        (2604, 300): 100, (2604, 302): 102,
+        (2604, 300): 100, (2604, 302): 102, (2604, 303): 101,
         (2606, 400): 100, (2606, 401): 101, (2606, 402): 102, (2606, 404): 104,
         (2606, 410): 100, (2606, 411): 101, (2606, 412): 102,
         (1259, 500): 100, (1259, 501): 101, (1259, 502): 102, (1259, 503): 103,
         (2620, 600): 102,
     },
-    references={(2606, 410): 999, (2606, 411): 100, (2606, 412): 100},
+    references={(2606, 410): 999, (2606, 411): 100, (2606, 412): 100, (2604, 303): 200},
     sequences={("public", "answers_id_seq"): 100, ("public", "answers-archive_id_seq"): 101,
                ("public", "knowledge-elements_id_seq"): 102},
     tables={100: ("public", "answers"), 101: ("public", "answers-archive"), 102: ("public", "knowledge-elements"),
@@ -112,6 +113,8 @@ def test_excluding_answers_keeps_answers_archive():
     # FKs of replaced tables that point at the kept table go too: its new rows arrive after the restore
     assert reasons[3282].startswith("references kept table public.answers")
     assert reasons[3280].startswith("references kept table public.answers")
+    # a default of a replaced table that uses the kept table's sequence (answers_id_seq, oid 200)
+    assert reasons[3244].startswith("references kept table public.answers")
 
 
 def test_quoted_and_mixed_case_names():
