@@ -4,6 +4,7 @@ What must hold for pg_replication to run on several Celery workers: the official
 (CeleryExecutor, metadata Postgres, Redis, api-server, scheduler, dag-processor, workers, triggerer,
 init), the project mounted, the dump work directory on a volume every worker shares, the
 connections wired, a warehouse owner that is not a superuser, and pg_dump at least as new as the servers.
+Also the README's operations guide: every `airflow ...` command it gives parses with Airflow's own CLI.
 """
 
 from __future__ import annotations
@@ -342,3 +343,76 @@ def test_pg_client_is_at_least_every_server(services):
 def test_interpolate_helper():
     assert interpolate("${A:-x}/${B}/$${C}") == "x//${C}"
     assert interpolate("${A:-x}", {"A": "y"}) == "y"
+
+
+# -- the operations guide (README, between the ops markers) --------------------------------------------
+
+_PARSE_SCRIPT = """
+import json, sys
+from airflow.cli.cli_parser import get_parser
+parser = get_parser()
+errors = []
+for argv in json.loads(sys.stdin.read()):
+    try:
+        parser.parse_args(argv)
+    except SystemExit as exc:
+        if exc.code:
+            errors.append(argv)
+print(json.dumps(errors))
+"""
+
+
+def ops_guide() -> str:
+    text = (ROOT / "README.md").read_text()
+    begin, end = text.index("<!-- ops:begin -->"), text.index("<!-- ops:end -->")
+    return text[begin:end]
+
+
+def airflow_commands(guide: str) -> list[list[str]]:
+    """Every ``airflow ...`` command of the guide's code (blocks and inline), as argv without ``airflow``."""
+    snippets = [block.replace("\\\n", " ") for block in re.findall(r"```bash\n(.*?)```", guide, re.S)]
+    lines = [line for block in snippets for line in block.splitlines()]
+    lines += re.findall(r"`([^`\n]*\bairflow [a-z][^`\n]*)`", guide)
+    commands = []
+    for line in lines:
+        words = shlex.split(line, comments=True)
+        at = next((i for i, w in enumerate(words) if w == "airflow" or w.endswith("/bin/airflow")), None)
+        # `airflow ...`, `.venv/bin/airflow ...` or `docker compose exec <service> airflow ...`
+        if at is None or not (at == 0 or (at >= 2 and words[at - 2] == "exec")):
+            continue
+        commands.append(words[at + 1:])
+    return commands
+
+
+def test_ops_guide_commands_parse_with_the_real_cli(tmp_path):
+    """Every `airflow ...` line of the guide is accepted by Airflow's own argument parser (flags, choices)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    commands = airflow_commands(ops_guide())
+    groups = {argv[0] for argv in commands}
+    assert {"standalone", "dags", "tasks"} <= groups, groups
+    assert any(argv[:2] == ["tasks", "clear"] and "--downstream" in argv for argv in commands)
+    assert any(argv[:2] == ["dags", "trigger"] and "--conf" in argv for argv in commands)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update({"AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}"})
+    result = subprocess.run([sys.executable, "-c", _PARSE_SCRIPT], input=json.dumps(commands), env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [], result.stderr[-3000:]
+
+
+def test_ops_guide_covers_the_seed_variables():
+    guide = ops_guide()
+    for name in ("SOURCE_DATABASE_URL", "DATABASE_URL", "TARGET_DATABASE_URL", "BACKUP_MODE", "RESTORE_FK_CONSTRAINTS",
+                 "PG_RESTORE_JOBS", "SCHEDULE", "MAX_RETRY_COUNT", "LCMS_API_URL", "LCMS_API_KEY", "NOTIFICATIONS",
+                 "DB_SCHEMA_EXPORTER_ENABLED", "S3_BUCKET_NAME", "SENTRY_DSN", "REDIS_URL", "PG_CLIENT_VERSION",
+                 "AIRFLOW__SENTRY__SENTRY_ON", "AIRFLOW__SENTRY__SENTRY_DSN", "REPLICATION_WORK_DIR"):
+        assert f"`{name}`" in guide or f"{name}=" in guide, name
+    # the compose commands the guide gives name services that exist
+    services = set(yaml.safe_load(COMPOSE.read_text())["services"])
+    for service in re.findall(r"docker compose (?:up|exec)(?: -d)? ([a-z][a-z-]+)", guide):
+        assert service in services, service
