@@ -19,27 +19,20 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import DAG
 
+from pgrepl.dag_defaults import START_DATE, default_args
 from pgrepl.operators.dump_to_s3 import DumpToS3Operator
 from pgrepl.s3_dump import schedule_or_none
-from pgrepl.settings import retries_or_default
 
 with DAG(
     dag_id="dump_to_s3",
     doc_md=__doc__,
     schedule=schedule_or_none(),
-    start_date=pendulum.datetime(2024, 1, 1, tz="Europe/Paris"),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     tags=["pg-replication", "backup", "s3"],
-    default_args={
-        "owner": "data-engineering",
-        "retries": retries_or_default(),
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=30),
-    },
+    default_args=default_args(timedelta(minutes=1)),
 ) as dag:
     DumpToS3Operator(task_id="dump_and_upload", execution_timeout=timedelta(hours=12))

@@ -26,19 +26,18 @@ Restart a failed step: clear it with its downstream tasks (UI, or
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
-import pendulum
 from airflow.sdk import DAG, task
 
 from pgrepl.assets import WAREHOUSE_REFRESHED
+from pgrepl.dag_defaults import START_DATE, default_args
 from pgrepl.notify import WebhookNotifier
 from pgrepl.operators.dump_restore import PgDumpOperator, PgRestoreOperator, WarehouseSQLOperator
 from pgrepl.operators.end_of_run import WebhookOperator
 from pgrepl.operators.incremental import PostgresIncrementalOperator
 from pgrepl.operators.learning_content import LearningContentOperator
-from pgrepl.settings import DEFAULT_TIMEZONE, retries_or_default, schedule_or_default
+from pgrepl.settings import schedule_or_default
 
 SQL_ROOT = Path(__file__).resolve().parents[1] / "include" / "sql"
 
@@ -46,19 +45,13 @@ with DAG(
     dag_id="pg_replication",
     doc_md=__doc__,
     schedule=schedule_or_default(),
-    start_date=pendulum.datetime(2024, 1, 1, tz=DEFAULT_TIMEZONE),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     tags=["replication", "warehouse", "postgres"],
     template_searchpath=[str(SQL_ROOT)],
     on_failure_callback=WebhookNotifier(ignore_tasks=("notify",)),
-    default_args={
-        "owner": "data-engineering",
-        "retries": retries_or_default(),
-        "retry_delay": timedelta(seconds=30),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=30),
-    },
+    default_args=default_args(),
 ) as dag:
 
     @task(retries=0)

@@ -16,26 +16,19 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import DAG
 
+from pgrepl.dag_defaults import START_DATE, default_args
 from pgrepl.operators.schema_export import SchemaExportOperator
-from pgrepl.settings import retries_or_default
 
 with DAG(
     dag_id="schema_export",
     doc_md=__doc__,
     schedule="0 12 * * *",
-    start_date=pendulum.datetime(2024, 1, 1, tz="Europe/Paris"),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     tags=["pg-replication", "schema", "catalog"],
-    default_args={
-        "owner": "data-engineering",
-        "retries": retries_or_default(),
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=30),
-    },
+    default_args=default_args(timedelta(minutes=1)),
 ) as dag:
     SchemaExportOperator(task_id="export_schema", execution_timeout=timedelta(hours=1))
