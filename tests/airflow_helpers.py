@@ -35,19 +35,9 @@ _template_db: Path | None = None
 
 def airflow_env(airflow_home: Path, extra: dict | None = None) -> dict:
     """Environment of an Airflow CLI subprocess: own home, SQLite metadata, the project's dags and plugins."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__") and k != "AIRFLOW_HOME"}
-    env.update({
-        "AIRFLOW_HOME": str(airflow_home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_FOLDER),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        "PYTHONPATH": os.pathsep.join(p for p in (str(PLUGINS_FOLDER), env.get("PYTHONPATH")) if p),
-    })
-    env.update({k: str(v) for k, v in (extra or {}).items()})
-    return env
+    from pgrepl.devenv.airflow_runner import airflow_env as project_airflow_env
+
+    return project_airflow_env(airflow_home, {k: str(v) for k, v in (extra or {}).items()})
 
 
 def migrated_template(timeout: float = 300) -> Path:

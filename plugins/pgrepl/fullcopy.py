@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pgrepl import catalog
 from pgrepl.hooks import warehouse
-from pgrepl.pgtools import PgConn, client_env, tool, tool_major_version, write_passfile
+from pgrepl.pgtools import PgConn, PgToolError, client_env, tool, tool_major_version, write_passfile
 from pgrepl.restore_list import RestoreList, filter_restore_list
 from pgrepl.settings import ReplicationSettings, TableName
 
@@ -95,13 +95,17 @@ def exclude_pattern(table: TableName) -> str:
     return f"{quote(table.schema)}.{quote(table.name)}"
 
 
+#: application_name of pg_restore's sessions: a restore left running by a dead worker is found and stopped by it
+RESTORE_APP_NAME = "pgrepl-restore"
+
+
 @contextmanager
-def client_environment(*conns: PgConn, extra: dict | None = None):
+def client_environment(*conns: PgConn, extra: dict | None = None, app_name: str = "pg-replication"):
     """Environment for pg_dump/pg_restore: a private passfile for ``conns`` (removed afterwards), no password."""
     folder = tempfile.mkdtemp(prefix="pgrepl-pass-")
     try:
         passfile = write_passfile(os.path.join(folder, "pgpass"), list(conns))
-        env = client_env(passfile)
+        env = client_env(passfile, app_name=app_name)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "plugins"), env.get("PYTHONPATH")]))
         env.update(extra or {})
         yield env
@@ -160,7 +164,10 @@ def preflight(settings: ReplicationSettings) -> dict:
     with source, target:
         server_major = source.info.server_version // 10000
         for name in ("pg_dump", "pg_restore"):
-            major = tool_major_version(tool(name, settings.pg_bin_dir))
+            try:
+                major = tool_major_version(tool(name, settings.pg_bin_dir))
+            except PgToolError as exc:
+                raise PreflightError(str(exc)) from None
             if major < server_major:
                 raise PreflightError(
                     f"{name} is version {major} but the source server is {server_major}: install a client >= {server_major} "
@@ -171,7 +178,10 @@ def preflight(settings: ReplicationSettings) -> dict:
             "FROM pg_roles WHERE rolname = current_user"
         ).fetchone()
         if superuser:
-            raise PreflightError(f"target role {role!r} is a superuser: use a dedicated non-superuser role for the warehouse")
+            raise PreflightError(
+                f"target role {role!r} (connection replication_target / TARGET_DATABASE_URL / DATABASE_URL) is a "
+                "superuser: use a dedicated non-superuser role for the warehouse"
+            )
         if not can_create:
             raise PreflightError(f"target role {role!r} lacks CREATE on database {settings.target.dbname!r} (needed to swap schemas)")
         relations = catalog.read_relations(source)
@@ -310,7 +320,8 @@ def restore(settings: ReplicationSettings, key: str, run_id: str, runner=run_scr
         plan = warehouse.prepare_swap(db, run_id, replaced, kept)
         log.info("live schemas moved aside: %s; kept in place: %s", plan.schemas, plan.moved_back)
         try:
-            with client_environment(settings.target, extra=restore_environment(settings, paths)) as env:
+            with client_environment(settings.target, extra=restore_environment(settings, paths),
+                                    app_name=RESTORE_APP_NAME) as env:
                 runner(RESTORE_SCRIPT, env)
             lost = warehouse.finalize_swap(db)
         except BaseException:

@@ -31,9 +31,11 @@ def find_bin_dir(preferred: str | None = None) -> str:
     Order: ``preferred`` (the ``PG_BIN_DIR`` setting), the newest Debian
     ``/usr/lib/postgresql/<major>/bin``, then the folder of ``pg_dump`` on ``PATH``.
     """
-    candidates: list[str] = []
     if preferred:
-        candidates.append(preferred)
+        if not os.access(os.path.join(preferred, "pg_dump"), os.X_OK):
+            raise PgToolError(f"PG_BIN_DIR: {preferred!r} holds no executable pg_dump")
+        return preferred
+    candidates: list[str] = []
     candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)
     on_path = shutil.which("pg_dump")
     if on_path:
@@ -128,11 +130,22 @@ def write_passfile(path: str | os.PathLike, conns: list[PgConn]) -> str | None:
     return path
 
 
-def client_env(passfile: str | None, base: dict | None = None) -> dict:
-    """Environment for a spawned client: the caller's environment, ``PGPASSFILE`` set, no ``PGPASSWORD``."""
-    env = dict(os.environ if base is None else base)
-    env.pop("PGPASSWORD", None)
+#: variables a spawned client never needs and that may carry secrets (connections, URLs, keys, tokens)
+SECRET_VARIABLES = ("PGPASSWORD", "SOURCE_DATABASE_URL", "DATABASE_URL", "TARGET_DATABASE_URL",
+                    "DB_SCHEMA_EXPORTER_DATABASE_TARGET", "LCMS_API_KEY", "NOTIFICATIONS", "S3_SECRET_ACCESS_KEY",
+                    "S3_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+SECRET_PREFIXES = ("AIRFLOW_CONN_", "AIRFLOW_VAR_", "AIRFLOW__")
+
+
+def client_env(passfile: str | None, base: dict | None = None, app_name: str = "pg-replication") -> dict:
+    """Environment for a spawned client: the caller's, without anything that may hold a secret, ``PGPASSFILE`` set,
+    ``PGAPPNAME`` = ``app_name`` (so the warehouse can find the client's sessions)."""
+    env = {
+        key: value
+        for key, value in (os.environ if base is None else base).items()
+        if key not in SECRET_VARIABLES and not key.startswith(SECRET_PREFIXES)
+    }
     if passfile:
         env["PGPASSFILE"] = passfile
-    env.setdefault("PGAPPNAME", "pg-replication")
+    env["PGAPPNAME"] = app_name
     return env

@@ -150,6 +150,20 @@ def _copy_schema_acl(db, from_schema: str, to_schema: str) -> None:
         db.execute(sql.SQL("GRANT {} ON SCHEMA {} TO {}").format(sql.SQL(privilege), sql.Identifier(to_schema), role))
 
 
+def stop_orphan_restores(db, app_name: str = "pgrepl-restore") -> int:
+    """Terminate this role's other sessions named ``app_name`` (a pg_restore whose worker died); return how many."""
+    stopped = db.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = %s AND pid <> pg_backend_pid() "
+        "AND usename = current_user",
+        (app_name,),
+    ).fetchone()[0]
+    db.commit()
+    if stopped:
+        log.warning("stopped %s pg_restore session(s) left running by an earlier attempt", stopped)
+    return stopped
+
+
 def prepare_swap(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str, set[str]]) -> SwapPlan:
     """Move the live schemas aside and bring back what the restore will not replace; one transaction.
 
@@ -157,6 +171,7 @@ def prepare_swap(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str,
     :param kept: ``{schema: {table names kept by BACKUP_MODE}}`` (moved back even if the dump had them).
     """
     ensure_state(db)
+    stop_orphan_restores(db)
     if swap_in_progress(db):
         log.warning("a previous attempt left a swap in progress: putting yesterday's warehouse back first")
         rollback_swap(db)
@@ -231,6 +246,7 @@ def prepare_swap(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str,
 def rollback_swap(db) -> list[str]:
     """Put yesterday's warehouse back (one transaction); return the schemas restored. No-op without a swap."""
     ensure_state(db)
+    stop_orphan_restores(db)
     rows = db.execute(
         "SELECT schema_name, aside_name, existed, moved_back::int8[], extensions FROM _pgrepl.swap ORDER BY 1"
     ).fetchall()

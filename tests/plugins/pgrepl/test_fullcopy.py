@@ -158,3 +158,19 @@ def test_first_night_with_an_incremental_parent_table(make_settings, target_db, 
     referencing = rows(target_db, "SELECT conname FROM pg_constraint WHERE contype = 'f' AND confrelid::regclass::text = 'answers'")
     assert referencing == []
     assert rows(target_db, "SELECT count(*) FROM pg_constraint WHERE contype = 'f'")[0][0] > 0
+
+
+def test_restore_left_running_by_a_dead_worker_is_stopped(make_settings, target_db, fingerprint):
+    """A pg_restore whose worker died keeps its session: the next rollback/prepare terminates it first."""
+    import psycopg
+
+    settings = make_settings()
+    fullcopy.run_full_copy(settings, "good")
+    orphan = psycopg.connect(**target_db.psycopg_kwargs(), application_name=fullcopy.RESTORE_APP_NAME, autocommit=True)
+    try:
+        with target_db.connect() as db:
+            assert warehouse.stop_orphan_restores(db) == 1
+        with pytest.raises(psycopg.OperationalError):
+            orphan.execute("SELECT 1")
+    finally:
+        orphan.close()
