@@ -15,6 +15,8 @@ sync       restore and enrichment sessions with ``synchronous_commit=off``
 pmw<n>     ``max_parallel_maintenance_workers=<n>`` in those sessions (server default 2)
 tuned      ``mwm`` + ``sync``
 nofk       no FK CONSTRAINT entries (measures the cost of the foreign keys)
+fknv       FKs left out of pg_restore and added afterwards as ``NOT VALID`` (no validating scan; definitions
+           from the source's ``pg_get_constraintdef``)
 j<n>       ``pg_restore --jobs <n>`` (default: ``--jobs``)
 par        the four enrichment indexes built on four connections at once (seed: one after the other)
 phases     restore split into pre-data / data / indexes+constraints / FKs runs, each measured alone
@@ -55,6 +57,7 @@ class Variant:
     restore_jobs: int | None = None  # None: the run's --jobs
     session: dict[str, str] = field(default_factory=dict)
     fks: bool = True
+    fk_not_valid: bool = False
     parallel_enrichment: bool = False
     phases: bool = False
 
@@ -70,6 +73,8 @@ class Variant:
         parts += [f"{short.get(k, k)}={v}" for k, v in self.session.items()]
         if not self.fks:
             parts.append("no FKs")
+        if self.fk_not_valid:
+            parts.append("FKs NOT VALID")
         if self.parallel_enrichment:
             parts.append("parallel enrichment")
         if self.phases:
@@ -99,6 +104,8 @@ def parse_variant(name: str) -> Variant:
             v.session.update({"maintenance_work_mem": "512MB", "synchronous_commit": "off"})
         elif tok == "nofk":
             v.fks = False
+        elif tok == "fknv":
+            v.fk_not_valid = True
         elif re.fullmatch(r"j\d+", tok):
             v.restore_jobs = int(tok[1:])
         elif tok == "par":
@@ -187,6 +194,24 @@ def enrich(target: PgConn, parallel: bool, session: dict[str, str]) -> None:
             future.result()
 
 
+def fk_not_valid_statements(source: PgConn) -> list[str]:
+    """``ALTER TABLE ... ADD CONSTRAINT ... NOT VALID`` for every FK of the source's public schema."""
+    with source.connect() as db:
+        return [r[0] for r in db.execute(
+            "SELECT format('ALTER TABLE %s ADD CONSTRAINT %I %s NOT VALID', conrelid::regclass, conname, "
+            "pg_get_constraintdef(oid)) FROM pg_constraint WHERE contype = 'f' "
+            "AND connamespace = 'public'::regnamespace ORDER BY conrelid, conname")]
+
+
+def run_statements(target: PgConn, statements: list[str], session: dict[str, str]) -> None:
+    if not statements:
+        return
+    options = " ".join(f"-c {k}={v}" for k, v in session.items()) or None
+    with target.connect(autocommit=True, **({"options": options} if options else {})) as db:
+        for sql in statements:
+            db.execute(sql)
+
+
 def _phase(result: dict, name: str, m: Measure) -> None:
     result[f"{name}_seconds"] = m.wall
     result[f"{name}_cpu"] = m.cpu
@@ -224,13 +249,15 @@ def run_dump_restore(ctx: Context, v: Variant, rep: int) -> dict:
         result["dump_mb"] = _size(dump) / 2**20
 
         listing = capture([tool("pg_restore"), "--list", str(dump)], ctx.env)
-        entries = seed_list(listing, v.fks)
+        entries = seed_list(listing, v.fks and not v.fk_not_valid)
+        fk_ddl = fk_not_valid_statements(ctx.source) if v.fk_not_valid else []
         restore = [tool("pg_restore"), "--no-owner", f"--dbname={target.safe_url()}"]
         if not v.phases:
             list_file = ctx.work / f"{dbname}.list"
             list_file.write_text("\n".join(entries) + "\n")
             with measure(ctx.clusters()) as m:
                 run_cmd(restore + [f"--jobs={jobs}", f"--use-list={list_file}", str(dump)], restore_env, log_file)
+                run_statements(target, fk_ddl, v.session)
             _phase(result, "restore", m)
         else:
             # pre-data, data, then post-data without the FKs, then the FKs alone
@@ -242,6 +269,8 @@ def run_dump_restore(ctx: Context, v: Variant, rep: int) -> dict:
                 list_file = ctx.work / f"{dbname}.{phase}.list"
                 list_file.write_text("\n".join(subset) + "\n")
                 with measure(ctx.clusters()) as m:
+                    if phase == "fks":
+                        run_statements(target, fk_ddl, v.session)
                     if subset:
                         run_cmd(restore + [f"--jobs={jobs}", f"--section={section}", f"--use-list={list_file}",
                                            str(dump)], restore_env, log_file)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH_DIR, FAST, PROD_LIKE, log, median, table, write_json  # noqa: E402
+from common import BENCH_DIR, FAST, PROD_LIKE, log, measure, median, table, write_json  # noqa: E402
 from generate import open_source  # noqa: E402
 from methods import (  # noqa: E402
     Context, catalog_counts, full_copy_available, parse_variant, pgcopydb_path, run_dump_restore, run_pgcopydb,
@@ -121,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             f"in {len(tables)} tables, {fks} FKs; target profile {args.target_profile}; jobs {args.jobs}; "
             f"{os.cpu_count()} CPUs")
         warm(source.cluster.data)
+        with measure(ctx.clusters()) as counting:
+            catalog_counts(source.conn)
+        log(f"count(*) of every source table (what (a) runs beside its dump): {counting.wall:.1f} s, "
+            f"{counting.cpu:.1f} CPU s")
         for rep in range(args.reps):
             order = methods[rep % len(methods):] + methods[:rep % len(methods)]
             for name in order:
@@ -135,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"rep {rep + 1}/{args.reps} {name}: {res['total_seconds']:.1f} s "
                         f"(cpu {res.get('total_cpu', _sum_cpu(res)):.1f} s) check {res.get('check')}")
         report = render(args, source.meta, methods, results, skipped)
+        report += (f"\n\ncount(*) of every source table, measured once (run_full_copy does it beside its dump): "
+                   f"{counting.wall:.1f} s wall, {counting.cpu:.1f} CPU s")
         print(report)
         write_json(BENCH_DIR / "results" / f"{stamp}.json",
                    {"args": vars(args), "source": source.meta, "results": results, "skipped": skipped})
