@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG, Param, task
 
 from pgrepl.assets import WAREHOUSE_REFRESHED
 from pgrepl.dag_defaults import START_DATE, default_args
@@ -51,6 +51,15 @@ with DAG(
     tags=["replication", "warehouse", "postgres"],
     template_searchpath=[str(SQL_ROOT)],
     on_failure_callback=WebhookNotifier(ignore_tasks=("notify",)),
+    params={
+        "restore_fk_constraints": Param(
+            None, type=["null", "boolean"], description="Override RESTORE_FK_CONSTRAINTS for this run (null: the setting)"
+        ),
+        "jobs": Param(
+            None, type=["null", "integer"], minimum=1, maximum=64,
+            description="Override PG_RESTORE_JOBS for this run's dump and restore (null: the setting)",
+        ),
+    },
     default_args=default_args(),
 ) as dag:
 

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -262,6 +263,7 @@ def dump(settings: ReplicationSettings, key: str, runner=run_script) -> dict:
         if counter.error:
             raise RuntimeError(f"counting the source rows failed: {_first_line(counter.error)}")
     return {
+        "host": socket.gethostname(),
         "dump_dir": str(paths.dump_dir),
         "log_file": str(paths.log_dir / "pg_dump.log"),
         "seconds": round(time.monotonic() - started, 3),
@@ -306,10 +308,19 @@ def build_restore_list(settings: ReplicationSettings, paths: RunPaths) -> tuple[
     return restore_list, replaced, kept
 
 
-def restore(settings: ReplicationSettings, key: str, run_id: str, runner=run_script) -> dict:
-    """Restore the dump behind the swap: prepare, pg_restore, then finalize — or roll back on any failure."""
+def restore(settings: ReplicationSettings, key: str, run_id: str, runner=run_script, dump_host: str | None = None) -> dict:
+    """Restore the dump behind the swap: prepare, pg_restore, then finalize — or roll back on any failure.
+
+    :param dump_host: where the dump task ran (to explain a dump folder this worker cannot see)
+    """
     paths = run_paths(settings, key)
     if not paths.dump_dir.is_dir():
+        here = socket.gethostname()
+        if dump_host and dump_host != here:
+            raise PreflightError(
+                f"no dump at {paths.dump_dir}: the dump ran on {dump_host} and the restore on {here}, so "
+                "REPLICATION_WORK_DIR must be a volume every worker shares (or clear the dump task too)"
+            )
         raise PreflightError(f"no dump at {paths.dump_dir}: clear the dump task too (the dump is removed after a successful restore)")
     started = time.monotonic()
     restore_list, replaced, kept = build_restore_list(settings, paths)

@@ -5,6 +5,7 @@ They stay thin: the work is in :mod:`pgrepl.fullcopy`, which the benchmarks call
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 from airflow.providers.standard.operators.bash import BashOperator
@@ -16,12 +17,20 @@ from pgrepl.hooks.warehouse import WarehouseBusy
 from pgrepl.settings import ReplicationSettings, SettingsError, airflow_connection_getter, load_replication
 
 
-def replication_settings() -> ReplicationSettings:
-    """Settings for a task; a bad setting fails the task without retry, naming it."""
+def replication_settings(context=None) -> ReplicationSettings:
+    """Settings for a task, with the run's Params applied (``restore_fk_constraints``, ``jobs``); a bad setting fails
+    the task without retry, naming it."""
     try:
-        return load_replication(get_connection=airflow_connection_getter)
+        settings = load_replication(get_connection=airflow_connection_getter)
     except SettingsError as exc:
         raise AirflowFailException(str(exc)) from None
+    params = (context or {}).get("params") or {}
+    overrides = {}
+    if params.get("restore_fk_constraints") is not None:
+        overrides["restore_fk_constraints"] = bool(params["restore_fk_constraints"])
+    if params.get("jobs") is not None:
+        overrides["jobs"] = int(params["jobs"])
+    return dataclasses.replace(settings, **overrides) if overrides else settings
 
 
 class _ClientCommandOperator(BashOperator):
@@ -54,7 +63,7 @@ class PgDumpOperator(_ClientCommandOperator):
     ui_color = "#d6eaf8"
 
     def execute(self, context) -> dict:
-        settings = replication_settings()
+        settings = replication_settings(context)
         key = fullcopy.run_key(context["run_id"])
         result = fullcopy.dump(settings, key, runner=self._runner(context))
         self.log.info("dumped %s tables in %.1f s into %s", len(result["source_counts"]), result["seconds"], result["dump_dir"])
@@ -73,10 +82,12 @@ class PgRestoreOperator(_ClientCommandOperator):
     ui_color = "#d5f5e3"
 
     def execute(self, context) -> dict:
-        settings = replication_settings()
+        settings = replication_settings(context)
         key = fullcopy.run_key(context["run_id"])
+        dumped = context["ti"].xcom_pull(task_ids="dump") or {}
         try:
-            result = fullcopy.restore(settings, key, context["run_id"], runner=self._runner(context))
+            result = fullcopy.restore(settings, key, context["run_id"], runner=self._runner(context),
+                                      dump_host=dumped.get("host"))
         except (fullcopy.PreflightError, WarehouseBusy) as exc:
             raise AirflowFailException(str(exc)) from None
         self.log.info("restored %s items in %.1f s", result["items"], result["seconds"])

@@ -174,3 +174,16 @@ def test_restore_left_running_by_a_dead_worker_is_stopped(make_settings, target_
             orphan.execute("SELECT 1")
     finally:
         orphan.close()
+
+
+def test_dump_on_another_worker_is_explained(make_settings):
+    with pytest.raises(fullcopy.PreflightError, match="the dump ran on worker-7 .* REPLICATION_WORK_DIR must be a volume"):
+        fullcopy.restore(make_settings(), "never-dumped", "run", dump_host="worker-7")
+
+
+def test_params_override_settings(replication_env):
+    from pgrepl.operators.dump_restore import replication_settings
+
+    settings = replication_settings({"params": {"restore_fk_constraints": False, "jobs": 3}})
+    assert (settings.restore_fk_constraints, settings.jobs) == (False, 3)
+    assert replication_settings({"params": {"restore_fk_constraints": None, "jobs": None}}).jobs == 2
