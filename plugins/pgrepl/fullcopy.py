@@ -364,25 +364,66 @@ def sql_files(folder: str) -> list[Path]:
     return sorted((SQL_ROOT / folder).glob("*.sql"))
 
 
-def run_sql(target: PgConn, statements: list[tuple[str, str]], run_id: str | None = None) -> dict:
-    """Run ``[(name, sql)]`` on the warehouse, each file in its own transaction; return seconds per file."""
+def sql_groups(statements: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """Consecutive files sharing their number prefix (``010_a.sql``, ``010_b.sql``) form one group; a file without
+    a number prefix is a group of its own. Groups run in order; the files of a group at the same time."""
+    groups: list[list[tuple[str, str]]] = []
+    previous = None
+    for name, text in statements:
+        match = re.match(r"(\d+)_", Path(name).name)
+        prefix = match.group(1) if match else None
+        if groups and prefix is not None and prefix == previous:
+            groups[-1].append((name, text))
+        else:
+            groups.append([(name, text)])
+        previous = prefix
+    return groups
+
+
+def _run_one(db, name: str, text: str) -> float:
+    started = time.monotonic()
+    db.execute(text)
+    db.commit()
+    seconds = round(time.monotonic() - started, 3)
+    log.info("ran %s in %.2f s", name, seconds)
+    return seconds
+
+
+def _run_on_own_connection(target: PgConn, name: str, text: str) -> float:
+    with target.connect() as db:
+        return _run_one(db, name, text)
+
+
+def run_sql(target: PgConn, statements: list[tuple[str, str]], run_id: str | None = None, parallel: int = 1) -> dict:
+    """Run ``[(name, sql)]`` on the warehouse, each file in its own transaction; return seconds per file.
+
+    Files of one :func:`sql_groups` group run on up to ``parallel`` connections at once (index builds of different
+    tables overlap); the session holding the warehouse lock waits for the group to end before the next one.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     timings = {}
     with target.connect() as db:
         if run_id:
             warehouse.lock_warehouse(db, run_id)
-        for name, text in statements:
-            started = time.monotonic()
-            db.execute(text)
-            db.commit()
-            timings[name] = round(time.monotonic() - started, 3)
-            log.info("ran %s in %.2f s", name, timings[name])
+        for group in sql_groups(statements):
+            if len(group) == 1 or parallel <= 1:
+                for name, text in group:
+                    timings[name] = _run_one(db, name, text)
+                continue
+            with ThreadPoolExecutor(max_workers=min(parallel, len(group)), thread_name_prefix="pgrepl-sql") as pool:
+                futures = {name: pool.submit(_run_on_own_connection, target, name, text) for name, text in group}
+                for name, future in futures.items():
+                    timings[name] = future.result()
     return timings
 
 
 def render(path: Path) -> str:
+    """Render one SQL template of ``include/sql`` (macros importable) as the DAG's Jinja environment does."""
     import jinja2
 
-    return jinja2.Template(path.read_text()).render()
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(SQL_ROOT)))
+    return env.get_template(path.relative_to(SQL_ROOT).as_posix()).render()
 
 
 def run_full_copy(settings: ReplicationSettings, key: str, run_id: str | None = None) -> dict:
@@ -398,7 +439,7 @@ def run_full_copy(settings: ReplicationSettings, key: str, run_id: str | None = 
         run_sql(settings.target, [(p.name, render(p)) for p in sql_files("compat")], run_id)
         compat_seconds = time.monotonic() - t0
         t0 = time.monotonic()
-        run_sql(settings.target, [(p.name, render(p)) for p in sql_files("enrichment")], run_id)
+        run_sql(settings.target, [(p.name, render(p)) for p in sql_files("enrichment")], run_id, settings.jobs)
         enrichment_seconds = time.monotonic() - t0
     finally:
         with settings.target.connect() as db:

@@ -95,7 +95,9 @@ class PgRestoreOperator(_ClientCommandOperator):
 
 
 class WarehouseSQLOperator(BaseOperator):
-    """Run SQL files (Jinja templates under ``include/sql``) on the warehouse, each in its own transaction.
+    """Run SQL files (Jinja templates under ``include/sql``) on the warehouse, each in its own transaction, in name
+    order; consecutive files sharing a number prefix (``010_a.sql``, ``010_b.sql``) run at the same time on up to
+    ``PG_RESTORE_JOBS`` connections.
 
     :param sql: paths relative to the DAG's ``template_searchpath`` (templated).
     """
@@ -111,12 +113,12 @@ class WarehouseSQLOperator(BaseOperator):
         self.files = list(sql)
 
     def execute(self, context) -> dict:
-        settings = replication_settings()
+        settings = replication_settings(context)
         import time
 
         started = time.monotonic()
         try:
-            timings = fullcopy.run_sql(settings.target, list(zip(self.files, self.sql)), context["run_id"])
+            timings = fullcopy.run_sql(settings.target, list(zip(self.files, self.sql)), context["run_id"], settings.jobs)
         except WarehouseBusy as exc:
             raise AirflowFailException(str(exc)) from None
         except Exception as exc:

@@ -187,3 +187,34 @@ def test_params_override_settings(replication_env):
     settings = replication_settings({"params": {"restore_fk_constraints": False, "jobs": 3}})
     assert (settings.restore_fk_constraints, settings.jobs) == (False, 3)
     assert replication_settings({"params": {"restore_fk_constraints": None, "jobs": None}}).jobs == 2
+
+
+def test_sql_groups_follow_number_prefixes():
+    names = ["010_a.sql", "010_b.sql", "020_c.sql", "view.sql", "030_d.sql", "030_e.sql", "010_f.sql"]
+    groups = fullcopy.sql_groups([(n, "") for n in names])
+    assert [[n for n, _ in g] for g in groups] == [
+        ["010_a.sql", "010_b.sql"], ["020_c.sql"], ["view.sql"], ["030_d.sql", "030_e.sql"], ["010_f.sql"]]
+
+
+def _rendezvous(me: str, other: str) -> str:
+    """SQL that waits (up to 20 s) until another session runs the statement tagged ``other``, else fails."""
+    return (
+        "DO $$ DECLARE i int := 0; BEGIN "
+        f"WHILE NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE '%tag-{other}-end%' AND pid <> pg_backend_pid()) "
+        "LOOP PERFORM pg_sleep(0.05); PERFORM pg_stat_clear_snapshot(); i := i + 1; "
+        f"IF i > 400 THEN RAISE EXCEPTION '{other} never ran beside {me}'; END IF; END LOOP; "
+        "PERFORM pg_sleep(0.5); END $$ "  # let the other one see this one too
+        f"/* tag-{me}-end */"
+    )
+
+
+def test_enrichment_group_runs_concurrently_and_fails_loudly(target_db):
+    """Two files of one group run at the same time (each waits to see the other); an error in one is raised."""
+    import psycopg
+
+    statements = [("010_a.sql", _rendezvous("a", "b")), ("010_b.sql", _rendezvous("b", "a")), ("020_c.sql", "SELECT 1")]
+    assert set(fullcopy.run_sql(target_db, statements, parallel=2)) == {"010_a.sql", "010_b.sql", "020_c.sql"}
+    with pytest.raises(psycopg.Error, match="b never ran beside a"):  # run one after the other, they cannot meet
+        fullcopy.run_sql(target_db, [("010_a.sql", _rendezvous("a", "b").replace("400", "20"))], parallel=2)
+    with pytest.raises(psycopg.Error, match="does_not_exist"):
+        fullcopy.run_sql(target_db, [("010_a.sql", "SELECT 1"), ("010_b.sql", "SELECT does_not_exist()")], parallel=2)
