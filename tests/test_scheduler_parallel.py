@@ -72,11 +72,45 @@ def url(conn) -> str:
     return f"postgresql://{conn.user}:{TEST_PASSWORD}@{conn.host}:{conn.port}/{conn.dbname}"
 
 
+def slow_down_incremental_copies(source, target, wait_seconds: int = 90) -> None:
+    """Make "the copies ran at the same time" independent of the machine's load: the warehouse gets the incremental
+    tables empty (the first night fills them, as the operator does for an empty table), each with a statement
+    trigger that waits until another session is running a COPY too (then lingers so the other sees it as well),
+    and fails the copy after ``wait_seconds`` if none ever does. The trigger's function lives in a schema the
+    restore does not touch."""
+    import subprocess
+
+    from pgrepl.pgtools import client_env, tool
+
+    tables = [arg for table in INCREMENTAL for arg in ("-t", f'public."{table}"')]
+    ddl = subprocess.run([tool("pg_dump"), "--schema-only", "--section=pre-data", "--no-owner", "--no-privileges",
+                          *tables, "--dbname", source.safe_url()],
+                         env={**client_env(None), "PGPASSWORD": TEST_PASSWORD}, capture_output=True, text=True, check=True)
+    with target.connect() as db:
+        statements = "\n".join(line for line in ddl.stdout.splitlines() if not line.startswith("\\"))  # psql-only
+        db.execute(statements.replace("SELECT pg_catalog.set_config('search_path', '', false);", ""))
+        db.execute("CREATE SCHEMA testing")
+        db.execute(
+            "CREATE FUNCTION testing.slow() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "DECLARE i int := 0; BEGIN "
+            "WHILE NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = 'active' "
+            "                  AND query LIKE 'COPY %FROM STDIN%') LOOP "
+            "  PERFORM pg_sleep(0.1); PERFORM pg_stat_clear_snapshot(); i := i + 1; "
+            f"  IF i > {wait_seconds * 10} THEN "
+            "    RAISE EXCEPTION 'no other incremental copy ran while % was copied', TG_TABLE_NAME; END IF; "
+            "END LOOP; PERFORM pg_sleep(1); RETURN NULL; END $$"
+        )
+        for table in INCREMENTAL:
+            db.execute(f'CREATE TRIGGER slow BEFORE INSERT ON public."{table}" FOR EACH STATEMENT EXECUTE FUNCTION testing.slow()')
+        db.commit()
+
+
 @pytest.fixture(scope="module")
 def databases(pg_cluster):
     source = pg_cluster.create_database("sched_source", "sched_source_owner", TEST_PASSWORD)
-    load_sample(source, scale=0.02)  # copies long enough to overlap even on a loaded machine
+    load_sample(source, scale=0.005)
     target = pg_cluster.create_database("sched_warehouse", "sched_warehouse_owner", TEST_PASSWORD)
+    slow_down_incremental_copies(source, target)
     yield source, target
     for name in ("sched_source", "sched_warehouse"):
         pg_cluster.drop_database(name)
