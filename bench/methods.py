@@ -355,9 +355,29 @@ def run_project(ctx: Context, rep: int) -> dict:
         result["reported_total_seconds"] = float((reported or {}).get("total_seconds", float("nan")))
         result["check"] = verify(ctx, target)
     finally:
+        for found in work.rglob("*.log"):  # keep the timestamped pg_dump/pg_restore logs
+            kept = ctx.logs / f"{dbname}.{found.name}"
+            shutil.copy(found, kept)
+            if found.name == "pg_restore.log":
+                result.update(restore_log_summary(kept))
         _remove(work)
         ctx.drop_target(dbname)
     return result
+
+
+def restore_log_summary(path: Path) -> dict:
+    """Wall span of the pg_restore run and seconds per kind summed over jobs, from its timestamped log."""
+    try:
+        from pgrepl.report import log_span_seconds, parse_restore_log
+
+        summary = parse_restore_log(path)
+        out = {f"pg_restore_{kind.lower().replace(' ', '_')}_item_seconds": info["seconds"]
+               for kind, info in summary["kinds"].items()}
+        out["pg_restore_span_seconds"] = log_span_seconds(path) or 0.0
+        return out
+    except Exception as exc:  # the report module is the lead's; its absence must not stop a benchmark
+        log(f"could not parse {path}: {exc}")
+        return {}
 
 
 # -- correctness check (not timed) -----------------------------------------------------------------
