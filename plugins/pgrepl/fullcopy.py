@@ -32,6 +32,8 @@ SQL_ROOT = ROOT / "include" / "sql"
 
 #: session settings of every pg_restore connection: bulk load, big sorts for index builds
 RESTORE_PGOPTIONS = "-c synchronous_commit=off -c maintenance_work_mem=512MB -c max_parallel_maintenance_workers=2"
+#: session settings of the compat/enrichment connections (index builds: bench/README.md measured 7.2 s -> 4.7 s)
+SQL_SESSION_OPTIONS = "-c maintenance_work_mem=512MB"
 
 # The two client commands. Everything variable comes from the environment (no password among it: PGPASSFILE).
 DUMP_SCRIPT = r"""set -euo pipefail
@@ -390,7 +392,7 @@ def _run_one(db, name: str, text: str) -> float:
 
 
 def _run_on_own_connection(target: PgConn, name: str, text: str) -> float:
-    with target.connect() as db:
+    with target.connect(options=SQL_SESSION_OPTIONS) as db:
         return _run_one(db, name, text)
 
 
@@ -403,7 +405,7 @@ def run_sql(target: PgConn, statements: list[tuple[str, str]], run_id: str | Non
     from concurrent.futures import ThreadPoolExecutor
 
     timings = {}
-    with target.connect() as db:
+    with target.connect(options=SQL_SESSION_OPTIONS) as db:
         if run_id:
             warehouse.lock_warehouse(db, run_id)
         for group in sql_groups(statements):
