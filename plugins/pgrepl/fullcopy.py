@@ -12,6 +12,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -120,7 +121,7 @@ def dump_environment(settings: ReplicationSettings, paths: RunPaths, snapshot: s
     """Variables for :data:`DUMP_SCRIPT` (merged into :func:`client_environment`)."""
     return {
         "PGREPL_PG_DUMP": tool("pg_dump", settings.pg_bin_dir),
-        "PGREPL_PYTHON": _python(),
+        "PGREPL_PYTHON": sys.executable,
         "PGREPL_JOBS": str(settings.jobs),
         "PGREPL_COMPRESS": str(settings.dump_compression),
         "PGREPL_DUMP_DIR": str(paths.dump_dir),
@@ -135,7 +136,7 @@ def restore_environment(settings: ReplicationSettings, paths: RunPaths) -> dict:
     """Variables for :data:`RESTORE_SCRIPT`."""
     return {
         "PGREPL_PG_RESTORE": tool("pg_restore", settings.pg_bin_dir),
-        "PGREPL_PYTHON": _python(),
+        "PGREPL_PYTHON": sys.executable,
         "PGREPL_JOBS": str(settings.jobs),
         "PGREPL_DUMP_DIR": str(paths.dump_dir),
         "PGREPL_LOG_DIR": str(paths.log_dir),
@@ -143,12 +144,6 @@ def restore_environment(settings: ReplicationSettings, paths: RunPaths) -> dict:
         "PGREPL_TARGET_URL": settings.target.safe_url(),
         "PGOPTIONS": RESTORE_PGOPTIONS,
     }
-
-
-def _python() -> str:
-    import sys
-
-    return sys.executable
 
 
 # -- preflight -------------------------------------------------------------------------------------
@@ -212,13 +207,13 @@ def _first_line(exc: BaseException) -> str:
 @contextmanager
 def exported_snapshot(settings: ReplicationSettings):
     """A source transaction whose snapshot pg_dump shares (``--snapshot``); yields ``(connection, snapshot id)``."""
-    db = settings.source.connect()
+    db = settings.source.connect(autocommit=True)  # the explicit BEGIN below sets the isolation level
     try:
         db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         snapshot = db.execute("SELECT pg_export_snapshot()").fetchone()[0]
         yield db, snapshot
     finally:
-        db.rollback()
+        db.execute("ROLLBACK")
         db.close()
 
 

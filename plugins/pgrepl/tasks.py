@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
@@ -41,7 +42,7 @@ def preflight(run_id: str) -> dict:
     try:
         settings = load_replication(get_connection=airflow_connection_getter)
         lcms = load_lcms(get_connection=airflow_connection_getter)
-        notifications = parse_notifications(__import__("os").environ)
+        notifications = parse_notifications(os.environ)
     except SettingsError as exc:
         raise AirflowFailException(str(exc)) from None
     try:

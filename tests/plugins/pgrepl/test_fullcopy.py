@@ -218,3 +218,15 @@ def test_enrichment_group_runs_concurrently_and_fails_loudly(target_db):
         fullcopy.run_sql(target_db, [("010_a.sql", _rendezvous("a", "b").replace("400", "20"))], parallel=2)
     with pytest.raises(psycopg.Error, match="does_not_exist"):
         fullcopy.run_sql(target_db, [("010_a.sql", "SELECT 1"), ("010_b.sql", "SELECT does_not_exist()")], parallel=2)
+
+
+def test_counts_share_the_dump_snapshot(make_settings, source_db):
+    """Rows committed while the dump runs are neither dumped nor counted."""
+    with fullcopy.exported_snapshot(make_settings()) as (db, snapshot):
+        assert db.execute("SHOW transaction_isolation").fetchone()[0] == "repeatable read"
+        before = db.execute("SELECT count(*) FROM users").fetchone()[0]
+        with source_db.connect() as writer:
+            writer.execute("INSERT INTO users (\"firstName\", \"lastName\") VALUES ('late', 'comer')")
+            writer.commit()
+        assert db.execute("SELECT count(*) FROM users").fetchone()[0] == before
+        assert snapshot
