@@ -12,7 +12,7 @@ DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
 
 @pytest.fixture(scope="module")
 def dagbag():
-    from airflow.models.dagbag import DagBag
+    from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(ROOT / "dags"))
 
