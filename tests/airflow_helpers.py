@@ -79,32 +79,30 @@ def _metadata(result_or_home) -> sqlite3.Connection:
     return sqlite3.connect(Path(home) / "airflow.db")
 
 
+def _last_run(db: sqlite3.Connection, dag_id: str | None) -> tuple | None:
+    """``(run_id, dag_id, state)`` of the last DAG run recorded (of ``dag_id`` when given)."""
+    query, params = "SELECT run_id, dag_id, state FROM dag_run", ()
+    if dag_id:
+        query, params = query + " WHERE dag_id = ?", (dag_id,)
+    return db.execute(query + " ORDER BY id DESC LIMIT 1", params).fetchone()
+
+
 def task_states(result_or_home, dag_id: str | None = None) -> dict[str, str]:
     """``{task_id (with map index when mapped): state}`` of the last run recorded in the metadata DB."""
     with _metadata(result_or_home) as db:
-        query = "SELECT run_id, dag_id FROM dag_run"
-        params: tuple = ()
-        if dag_id:
-            query += " WHERE dag_id = ?"
-            params = (dag_id,)
-        last = db.execute(query + " ORDER BY id DESC LIMIT 1", params).fetchone()
+        last = _last_run(db, dag_id)
         if last is None:
             return {}
         rows = db.execute("SELECT task_id, map_index, state FROM task_instance WHERE run_id = ? AND dag_id = ?",
-                          last).fetchall()
+                          last[:2]).fetchall()
     return {(task if index < 0 else f"{task}[{index}]"): state for task, index, state in rows}
 
 
 def dag_run_state(result_or_home, dag_id: str | None = None) -> str | None:
     """State of the last DAG run recorded in the metadata DB (``success``, ``failed`` ...)."""
     with _metadata(result_or_home) as db:
-        query = "SELECT state FROM dag_run"
-        params: tuple = ()
-        if dag_id:
-            query += " WHERE dag_id = ?"
-            params = (dag_id,)
-        row = db.execute(query + " ORDER BY id DESC LIMIT 1", params).fetchone()
-    return row[0] if row else None
+        last = _last_run(db, dag_id)
+    return last[2] if last else None
 
 
 def conn_uri_env(conn_id: str, uri: str) -> dict:
