@@ -74,6 +74,19 @@ def run_dag_test(dag_id: str, env: dict, tmp_path: Path, conf: dict | None = Non
     return proc
 
 
+def load_dag_file(path: Path, monkeypatch, **env):
+    """Execute a DAG file afresh under ``env`` (set with ``monkeypatch``) and return its module-level ``dag``:
+    what a parse with those settings gives (schedule, retries ...)."""
+    import importlib.util
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    spec = importlib.util.spec_from_file_location(f"{Path(path).stem}_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dag
+
+
 def _metadata(result_or_home) -> sqlite3.Connection:
     home = getattr(result_or_home, "airflow_home", result_or_home)
     return sqlite3.connect(Path(home) / "airflow.db")

@@ -85,13 +85,9 @@ def test_pg_replication_shape(dagbag):
 
 
 def test_schedule_from_setting(monkeypatch):
-    import importlib.util
+    from airflow_helpers import load_dag_file
 
-    monkeypatch.setenv("SCHEDULE", "0 3 * * *")
-    monkeypatch.setenv("MAX_RETRY_COUNT", "2")
-    spec = importlib.util.spec_from_file_location("pg_replication_dag_probe", ROOT / "dags" / "pg_replication_dag.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.dag.timetable.expression == "0 3 * * *"
-    assert str(module.dag.timetable.timezone) in ("Europe/Paris", "Timezone('Europe/Paris')")
-    assert module.dag.get_task("dump").retries == 2
+    dag = load_dag_file(ROOT / "dags" / "pg_replication_dag.py", monkeypatch, SCHEDULE="0 3 * * *", MAX_RETRY_COUNT="2")
+    assert dag.timetable.expression == "0 3 * * *"
+    assert str(dag.timetable.timezone) in ("Europe/Paris", "Timezone('Europe/Paris')")
+    assert dag.get_task("dump").retries == 2

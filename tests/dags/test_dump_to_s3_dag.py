@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import tempfile
 
 import pytest
-from airflow_helpers import ROOT, conn_uri_env, dag_run_state, run_dag_test, task_states
+from airflow_helpers import ROOT, conn_uri_env, dag_run_state, load_dag_file, run_dag_test, task_states
 from conftest import TEST_PASSWORD
 from moto_helpers import moto_server
 
@@ -20,12 +19,7 @@ DAG_FILE = ROOT / "dags" / "dump_to_s3_dag.py"
 def load_dag(monkeypatch, **env):
     monkeypatch.delenv("DUMP_TO_S3_SCHEDULE", raising=False)
     monkeypatch.delenv("MAX_RETRY_COUNT", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    spec = importlib.util.spec_from_file_location("dump_to_s3_dag_under_test", DAG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dag
+    return load_dag_file(DAG_FILE, monkeypatch, **env)
 
 
 def test_dag_shape(monkeypatch):

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from datetime import timedelta
 
 import pytest
-from airflow_helpers import ROOT, dag_run_state, run_dag_test, task_states
+from airflow_helpers import ROOT, dag_run_state, load_dag_file, run_dag_test, task_states
 from conftest import TEST_PASSWORD
 
 DAG_FILE = ROOT / "dags" / "schema_export_dag.py"
 
 
 def load_dag(monkeypatch, **env):
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    spec = importlib.util.spec_from_file_location("schema_export_dag_under_test", DAG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.dag
+    return load_dag_file(DAG_FILE, monkeypatch, **env)
 
 
 def test_dag_shape(monkeypatch):
