@@ -15,7 +15,6 @@ Usage::
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -23,6 +22,8 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+
+from pgrepl.devenv.airflow_runner import last_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = ROOT / "dags"
@@ -92,18 +93,10 @@ def _metadata(result_or_home) -> sqlite3.Connection:
     return sqlite3.connect(Path(home) / "airflow.db")
 
 
-def _last_run(db: sqlite3.Connection, dag_id: str | None) -> tuple | None:
-    """``(run_id, dag_id, state)`` of the last DAG run recorded (of ``dag_id`` when given)."""
-    query, params = "SELECT run_id, dag_id, state FROM dag_run", ()
-    if dag_id:
-        query, params = query + " WHERE dag_id = ?", (dag_id,)
-    return db.execute(query + " ORDER BY id DESC LIMIT 1", params).fetchone()
-
-
 def task_states(result_or_home, dag_id: str | None = None) -> dict[str, str]:
     """``{task_id (with map index when mapped): state}`` of the last run recorded in the metadata DB."""
     with _metadata(result_or_home) as db:
-        last = _last_run(db, dag_id)
+        last = last_run(db, dag_id)
         if last is None:
             return {}
         rows = db.execute("SELECT task_id, map_index, state FROM task_instance WHERE run_id = ? AND dag_id = ?",
@@ -114,7 +107,7 @@ def task_states(result_or_home, dag_id: str | None = None) -> dict[str, str]:
 def dag_run_state(result_or_home, dag_id: str | None = None) -> str | None:
     """State of the last DAG run recorded in the metadata DB (``success``, ``failed`` ...)."""
     with _metadata(result_or_home) as db:
-        last = _last_run(db, dag_id)
+        last = last_run(db, dag_id)
     return last[2] if last else None
 
 

@@ -62,23 +62,29 @@ def dags_test(dag_id: str, env: dict, conf: dict | None = None, log_path: Path |
     return result
 
 
+def last_run(db: sqlite3.Connection, dag_id: str | None = None) -> tuple | None:
+    """``(run_id, dag_id, state)`` of the last DAG run in the metadata DB ``db`` (of ``dag_id`` when given)."""
+    query, params = "SELECT run_id, dag_id, state FROM dag_run", ()
+    if dag_id:
+        query, params = query + " WHERE dag_id = ?", (dag_id,)
+    return db.execute(query + " ORDER BY id DESC LIMIT 1", params).fetchone()
+
+
 def task_instances(home: Path, dag_id: str) -> list[dict]:
     """Task instances of the latest run of ``dag_id``: task_id, map_index, state, duration, try_number."""
     with sqlite3.connect(home / "airflow.db") as db:
-        run_id = db.execute(
-            "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
-        ).fetchone()
-        if not run_id:
+        last = last_run(db, dag_id)
+        if not last:
             return []
         rows = db.execute(
             "SELECT task_id, map_index, state, duration, try_number FROM task_instance "
-            "WHERE dag_id = ? AND run_id = ? ORDER BY start_date, task_id, map_index",
-            (dag_id, run_id[0]),
+            "WHERE run_id = ? AND dag_id = ? ORDER BY start_date, task_id, map_index",
+            last[:2],
         ).fetchall()
     return [dict(zip(("task_id", "map_index", "state", "duration", "try_number"), r)) for r in rows]
 
 
 def dag_run_state(home: Path, dag_id: str) -> str | None:
     with sqlite3.connect(home / "airflow.db") as db:
-        row = db.execute("SELECT state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)).fetchone()
-    return row[0] if row else None
+        last = last_run(db, dag_id)
+    return last[2] if last else None
