@@ -59,12 +59,6 @@ class SourceCatalog:
     sequences: dict[tuple[str, str], int] = field(default_factory=dict)
     tables: dict[int, tuple[str, str]] = field(default_factory=dict)
 
-    def table_oid(self, schema: str, name: str) -> int | None:
-        for oid, key in self.tables.items():
-            if key == (schema, name):
-                return oid
-        return None
-
 
 @dataclass
 class RestoreList:

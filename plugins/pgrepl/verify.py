@@ -94,19 +94,12 @@ def count_rows(db, tables: Iterable[str]) -> dict[str, int | None]:
 
     Runs in the caller's transaction (so the dump step can call it inside its exported snapshot).
     """
-    from psycopg import sql
+    from pgrepl.catalog import count_rows as count_present
 
     keys = [table_key(t) for t in tables]
     present = existing_tables(db, keys)
-    result: dict[str, int | None] = {}
-    for key in keys:
-        if key not in present:
-            result[key] = None
-            continue
-        table = TableName.parse(key)
-        query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table.schema, table.name))
-        result[key] = db.execute(query).fetchone()[0]
-    return result
+    counted = count_present(db, [(t.schema, t.name) for t in map(TableName.parse, keys) if f"{t.schema}.{t.name}" in present])
+    return {key: counted.get(key) for key in keys}
 
 
 def max_ids(db, tables: Iterable[str]) -> dict[str, int | None]:

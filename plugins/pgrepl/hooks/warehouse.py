@@ -204,13 +204,12 @@ def prepare_swap(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str,
                 ).fetchall()
                 keep_names = kept.get(schema, set())
                 replaced_names = replaced.get(schema, set()) - keep_names
-                for oid, relname, _kind in candidates:
-                    if relname in replaced_names:
-                        continue
-                    moved_oids.append(oid)
-                # tables before views so that views moved back find nothing missing
+                moved = [(oid, relname) for oid, relname, _kind in candidates if relname not in replaced_names]
+                moved_oids = [oid for oid, _ in moved]
+                # dependencies follow OIDs, so the order of these moves does not matter
                 for oid in moved_oids:
                     _move_relation(db, oid, schema)
+                plan.moved_back[schema] = [relname for _, relname in moved]
                 if moved_oids:
                     problems = db.execute(load_sql("kept_dependencies"), {"kept": moved_oids, "aside": aside}).fetchall()
                     if problems:
@@ -232,9 +231,7 @@ def prepare_swap(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str,
                 "VALUES (%s, %s, %s, %s::oid[], %s, %s)",
                 (schema, aside, existed, moved_oids, extensions, run_id),
             )
-            plan.moved_back[schema] = [
-                db.execute("SELECT relname FROM pg_class WHERE oid = %s", (oid,)).fetchone()[0] for oid in moved_oids
-            ]
+            plan.moved_back.setdefault(schema, [])
             plan.extensions[schema] = extensions
         db.commit()
     except Exception:
