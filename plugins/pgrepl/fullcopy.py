@@ -237,11 +237,22 @@ class CountThread(threading.Thread):
             self.error = exc
 
 
+def failure_lines(output: str, limit: int = 20) -> list[str]:
+    """The lines of a client's output that say what went wrong (``error:``, ``ERROR:``, ``DETAIL:``, ``Command was:``).
+
+    With ``--jobs``, other workers keep printing after the failing one, so the error is rarely in the last lines.
+    """
+    markers = ("error:", "ERROR:", "DETAIL:", "Command was:", "FATAL:")
+    return [line for line in output.splitlines() if any(marker in line for marker in markers)][:limit]
+
+
 def run_script(script: str, env: dict) -> None:
-    """Run DUMP_SCRIPT / RESTORE_SCRIPT outside Airflow (benchmarks, tests)."""
+    """Run DUMP_SCRIPT / RESTORE_SCRIPT outside Airflow (benchmarks, tests); a failure names the client's errors."""
     result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"command failed ({result.returncode}): {result.stdout[-2000:]}{result.stderr[-2000:]}")
+        output = result.stdout + result.stderr
+        errors = "\n".join(failure_lines(output))
+        raise RuntimeError(f"command failed ({result.returncode}): {errors}\n--- last output ---\n{output[-1500:]}")
 
 
 def dump(settings: ReplicationSettings, key: str, runner=run_script) -> dict:

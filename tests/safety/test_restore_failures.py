@@ -9,6 +9,7 @@ index is as it was, with no aside schema, no pending swap and no lease left behi
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -244,6 +245,8 @@ def test_failed_restore_in_a_dag_run(night, pg_cluster, source_db, target_db, tm
     assert states["release"] == "success"
     assert states["compat_views"] == "upstream_failed"
     assert_yesterday(target_db, yesterday)
+    # the task's error says what went wrong, not only "exit code 1"
+    assert re.search(r"pg_restore failed: .*violates check constraint", log_file.read_text()), log_file.read_text()[-4000:]
     task_logs = "".join(p.read_text(errors="replace") for p in (home / "logs").rglob("*") if p.is_file())
     assert "violates check constraint" in task_logs + log_file.read_text()
     assert TEST_PASSWORD not in task_logs + log_file.read_text()

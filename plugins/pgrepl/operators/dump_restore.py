@@ -6,6 +6,7 @@ They stay thin: the work is in :mod:`pgrepl.fullcopy`, which the benchmarks call
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Sequence
 
 from airflow.providers.standard.operators.bash import BashOperator
@@ -37,6 +38,8 @@ class _ClientCommandOperator(BashOperator):
     """A BashOperator whose command and environment come from :mod:`pgrepl.fullcopy` at run time."""
 
     script: str = ""
+    #: the timestamped client log written by the script (in ``PGREPL_LOG_DIR``)
+    client_log: str = ""
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("do_xcom_push", True)
@@ -47,7 +50,13 @@ class _ClientCommandOperator(BashOperator):
             self.bash_command = script
             self.env = env  # already a full copy of the environment, with PGPASSFILE and no password
             self.append_env = False
-            BashOperator.execute(self, context)
+            try:
+                BashOperator.execute(self, context)
+            except AirflowException as exc:
+                log_file = Path(env["PGREPL_LOG_DIR"]) / self.client_log
+                errors = fullcopy.failure_lines(log_file.read_text()) if log_file.exists() else []
+                detail = " | ".join(line.split(" ", 1)[-1] for line in errors[:5]) or str(exc)
+                raise AirflowException(f"{self.client_log.removesuffix('.log')} failed: {detail} (full log: {log_file})") from exc
 
         return run
 
@@ -60,6 +69,7 @@ class PgDumpOperator(_ClientCommandOperator):
     """
 
     script = fullcopy.DUMP_SCRIPT
+    client_log = "pg_dump.log"
     ui_color = "#d6eaf8"
 
     def execute(self, context) -> dict:
@@ -79,6 +89,7 @@ class PgRestoreOperator(_ClientCommandOperator):
     """
 
     script = fullcopy.RESTORE_SCRIPT
+    client_log = "pg_restore.log"
     ui_color = "#d5f5e3"
 
     def execute(self, context) -> dict:

@@ -230,3 +230,13 @@ def test_counts_share_the_dump_snapshot(make_settings, source_db):
             writer.commit()
         assert db.execute("SELECT count(*) FROM users").fetchone()[0] == before
         assert snapshot
+
+
+def test_failure_lines_pick_errors_out_of_parallel_output():
+    output = "\n".join(
+        ["pg_restore: launching item 1 TABLE DATA a"]
+        + ["pg_restore: error: COPY failed for table \"guarded\": ERROR:  new row violates check constraint"]
+        + [f"pg_restore: finished item {i} INDEX x{i}" for i in range(200)]
+    )
+    assert fullcopy.failure_lines(output) == [
+        "pg_restore: error: COPY failed for table \"guarded\": ERROR:  new row violates check constraint"]
