@@ -16,6 +16,7 @@ from pgrepl.settings import (
     load_replication,
     parse_notifications,
 )
+from pgrepl.task_settings import replication_settings
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,7 @@ def incremental_plan() -> list[str]:
     """The ``incremental`` tables of ``BACKUP_MODE``, parents first by the source's foreign keys."""
     from pgrepl.incremental import order_incremental_tables
 
-    try:
-        settings = load_replication(get_connection=airflow_connection_getter)
-    except SettingsError as exc:
-        raise AirflowFailException(str(exc)) from None
+    settings = replication_settings()
     tables = [str(t) for t in order_incremental_tables(settings.source, settings.incremental_tables)]
     log.info("incremental tables, in order: %s", tables or "none")
     return tables
@@ -74,8 +72,7 @@ def preflight(run_id: str) -> dict:
 
 def rollback(run_id: str) -> list[str]:
     """Put yesterday's warehouse back after a failed restore (no-op when nothing is aside)."""
-    settings = load_replication(get_connection=airflow_connection_getter)
-    restored = fullcopy.rollback(settings)
+    restored = fullcopy.rollback(replication_settings())
     log.info("schemas put back: %s", restored or "none (nothing was aside)")
     return restored
 

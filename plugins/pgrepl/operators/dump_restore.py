@@ -5,7 +5,6 @@ They stay thin: the work is in :mod:`pgrepl.fullcopy`, which the benchmarks call
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,23 +14,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from pgrepl import fullcopy
 from pgrepl.hooks.warehouse import WarehouseBusy
-from pgrepl.settings import ReplicationSettings, SettingsError, airflow_connection_getter, load_replication
-
-
-def replication_settings(context=None) -> ReplicationSettings:
-    """Settings for a task, with the run's Params applied (``restore_fk_constraints``, ``jobs``); a bad setting fails
-    the task without retry, naming it."""
-    try:
-        settings = load_replication(get_connection=airflow_connection_getter)
-    except SettingsError as exc:
-        raise AirflowFailException(str(exc)) from None
-    params = (context or {}).get("params") or {}
-    overrides = {}
-    if params.get("restore_fk_constraints") is not None:
-        overrides["restore_fk_constraints"] = bool(params["restore_fk_constraints"])
-    if params.get("jobs") is not None:
-        overrides["jobs"] = int(params["jobs"])
-    return dataclasses.replace(settings, **overrides) if overrides else settings
+from pgrepl.task_settings import replication_settings
 
 
 class _ClientCommandOperator(BashOperator):

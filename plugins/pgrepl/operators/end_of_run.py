@@ -23,7 +23,8 @@ from airflow.sdk.log import mask_secret
 from pgrepl import report as reporting
 from pgrepl.notify import CONTENT_TYPE, DEFAULT_TIMEOUT, request_headers, split_url
 from pgrepl.pgtools import PgConn
-from pgrepl.settings import Notification, SettingsError, airflow_connection_getter, load_replication, parse_notifications
+from pgrepl.settings import Notification, SettingsError, parse_notifications
+from pgrepl.task_settings import replication_settings
 from pgrepl.verify import VerificationError, expected_from_runs, verify_counts
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,7 @@ def verify_run(dump: Mapping | None, incremental: Iterable[Mapping] | None = Non
     :param target: the warehouse; by default from the settings
     """
     if target is None:
-        try:
-            target = load_replication(get_connection=airflow_connection_getter).target
-        except SettingsError as exc:
-            raise AirflowFailException(str(exc)) from None
+        target = replication_settings().target
     expected, max_ids = expected_from_runs(dump, list(incremental or []), learning_content)
     if not expected:
         raise AirflowFailException("verify: nothing to check (the dump reported no table counts)")

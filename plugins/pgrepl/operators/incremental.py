@@ -38,12 +38,10 @@ class PostgresIncrementalOperator(BaseOperator):
         import psycopg
 
         from pgrepl.incremental import IncrementalError, copy_incremental
-        from pgrepl.settings import SettingsError, TableName, airflow_connection_getter, load_replication
+        from pgrepl.settings import TableName
+        from pgrepl.task_settings import replication_settings
 
-        try:
-            settings = load_replication(get_connection=airflow_connection_getter)
-        except SettingsError as exc:
-            raise AirflowFailException(str(exc)) from None
+        settings = replication_settings(context)
         table = TableName.parse(str(self.table).strip())
         if settings.backup_mode.get(table) != "incremental":
             self.log.warning("table %s is not \"incremental\" in BACKUP_MODE; copying it incrementally as asked", table)

@@ -52,7 +52,8 @@ class LearningContentOperator(BaseOperator):
         from pgrepl.learning_content.loader import LearningContentLoadError
         from pgrepl.learning_content.mapping import LearningContentError
         from pgrepl.learning_content.sync import sync_learning_content
-        from pgrepl.settings import SettingsError, airflow_connection_getter, load_lcms, load_replication
+        from pgrepl.settings import SettingsError, airflow_connection_getter, load_lcms
+        from pgrepl.task_settings import replication_settings
 
         try:
             lcms = load_lcms(get_connection=airflow_connection_getter)
@@ -61,7 +62,7 @@ class LearningContentOperator(BaseOperator):
                     "learning content not configured (no connection lcms_api, no LCMS_API_URL/LCMS_API_KEY): skipping"
                 )
                 raise AirflowSkipException("learning content not configured")
-            target = load_replication(get_connection=airflow_connection_getter).target
+            target = replication_settings(context).target
         except SettingsError as exc:
             raise AirflowFailException(str(exc)) from None
         try:

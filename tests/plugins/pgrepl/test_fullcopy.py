@@ -182,7 +182,7 @@ def test_dump_on_another_worker_is_explained(make_settings):
 
 
 def test_params_override_settings(replication_env):
-    from pgrepl.operators.dump_restore import replication_settings
+    from pgrepl.task_settings import replication_settings
 
     settings = replication_settings({"params": {"restore_fk_constraints": False, "jobs": 3}})
     assert (settings.restore_fk_constraints, settings.jobs) == (False, 3)
