@@ -24,6 +24,10 @@ DEFAULT_TIMEZONE = "Europe/Paris"
 DEFAULT_JOBS = 4
 DEFAULT_RETRIES = 10
 BACKUP_MODES = ("incremental", "none")
+#: what the incremental copy does with rows deleted at the source (object form of BACKUP_MODE)
+DELETE_POLICIES = ("ignore", "propagate")
+#: keys of the object form ``{"mode": ..., "key": ..., "deletes": ...}`` of a BACKUP_MODE entry
+TABLE_MODE_KEYS = ("mode", "key", "deletes")
 SOURCE_CONN_ID = "replication_source"
 TARGET_CONN_ID = "replication_target"
 LCMS_CONN_ID = "lcms_api"
@@ -59,6 +63,30 @@ class TableName:
 
 
 @dataclass(frozen=True)
+class TableMode:
+    """One entry of ``BACKUP_MODE``: the seed's string (``"incremental"`` / ``"none"``) or the object form
+    ``{"mode": "incremental", "key": "event_id", "deletes": "propagate"}``.
+
+    :param mode: ``incremental`` (new rows copied by key) or ``none`` (left alone)
+    :param key: the incremental key column; ``None`` means the default (a column ``id``, else the single-column
+        integer primary key), resolved against the source catalog
+    :param deletes: ``ignore`` (rows deleted at the source stay in the warehouse, reported) or ``propagate``
+    """
+
+    mode: str
+    key: str | None = None
+    deletes: str = "ignore"
+
+    @property
+    def incremental(self) -> bool:
+        return self.mode == "incremental"
+
+    @classmethod
+    def of(cls, value: "TableMode | str") -> "TableMode":
+        return value if isinstance(value, TableMode) else cls(value)
+
+
+@dataclass(frozen=True)
 class Notification:
     url: str
     token: str | None = None
@@ -71,7 +99,8 @@ class Notification:
 class ReplicationSettings:
     source: PgConn
     target: PgConn
-    backup_mode: dict[TableName, str] = field(default_factory=dict)
+    #: ``{table: TableMode}``; plain strings given here are turned into :class:`TableMode`
+    backup_mode: dict[TableName, TableMode] = field(default_factory=dict)
     restore_fk_constraints: bool = True
     jobs: int = DEFAULT_JOBS
     schedule: str = DEFAULT_SCHEDULE
@@ -80,6 +109,13 @@ class ReplicationSettings:
     pg_bin_dir: str | None = None
     dump_compression: int = 0
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backup_mode", {t: TableMode.of(m) for t, m in self.backup_mode.items()})
+
+    def table_mode(self, table: TableName) -> TableMode | None:
+        """The ``BACKUP_MODE`` entry of ``table`` (``None``: copied in full)."""
+        return self.backup_mode.get(table)
+
     @property
     def kept_tables(self) -> list[TableName]:
         """Tables the full copy leaves alone (``incremental`` or ``none``)."""
@@ -87,7 +123,7 @@ class ReplicationSettings:
 
     @property
     def incremental_tables(self) -> list[TableName]:
-        return sorted((t for t, mode in self.backup_mode.items() if mode == "incremental"), key=str)
+        return sorted((t for t, mode in self.backup_mode.items() if mode.incremental), key=str)
 
 
 @dataclass(frozen=True)
@@ -158,24 +194,46 @@ def parse_cron(env: Mapping[str, str], name: str, default: str) -> str:
     return value
 
 
-def parse_backup_mode(env: Mapping[str, str], name: str = "BACKUP_MODE") -> dict[TableName, str]:
+def parse_backup_mode(env: Mapping[str, str], name: str = "BACKUP_MODE") -> dict[TableName, TableMode]:
+    """``{"table": "incremental" | "none" | {"mode": ..., "key": column, "deletes": "ignore" | "propagate"}}``."""
+    expected = '{"table": "incremental" | "none" | {"mode": "incremental", "key": "column"}}'
     value = _get(env, name)
     if value is None:
         return {}
     try:
         data = json.loads(value)
     except json.JSONDecodeError as exc:
-        raise SettingsError(f'{name}: not valid JSON ({exc.msg} at character {exc.pos}); expected {{"table": "incremental" | "none"}}') from None
+        raise SettingsError(f"{name}: not valid JSON ({exc.msg} at character {exc.pos}); expected {expected}") from None
     if not isinstance(data, dict):
-        raise SettingsError(f'{name}: expected a JSON object {{"table": "incremental" | "none"}}, got a {type(data).__name__}')
-    modes: dict[TableName, str] = {}
-    for table, mode in data.items():
+        raise SettingsError(f"{name}: expected a JSON object {expected}, got a {type(data).__name__}")
+    modes: dict[TableName, TableMode] = {}
+    for table, entry in data.items():
         if not isinstance(table, str) or not table.strip():
             raise SettingsError(f"{name}: empty table name")
-        if mode not in BACKUP_MODES:
-            raise SettingsError(f"{name}: table {table!r} has unknown mode {mode!r} (expected \"incremental\" or \"none\")")
-        modes[TableName.parse(table)] = mode
+        modes[TableName.parse(table)] = _parse_table_mode(entry, f"{name}: table {table!r}")
     return modes
+
+
+def _parse_table_mode(entry: object, where: str) -> TableMode:
+    if isinstance(entry, str):
+        entry = {"mode": entry}
+    if not isinstance(entry, dict):
+        raise SettingsError(f"{where} has unknown mode {entry!r} (expected \"incremental\", \"none\" or an object {{\"mode\": ...}})")
+    unknown = sorted(set(entry) - set(TABLE_MODE_KEYS))
+    if unknown:
+        raise SettingsError(f"{where}: unknown key {unknown[0]!r} (expected {', '.join(TABLE_MODE_KEYS)})")
+    mode = entry.get("mode")
+    if mode not in BACKUP_MODES:
+        raise SettingsError(f"{where} has unknown mode {mode!r} (expected \"incremental\" or \"none\")")
+    key = entry.get("key")
+    if key is not None and (not isinstance(key, str) or not key.strip()):
+        raise SettingsError(f"{where}: \"key\" must be a column name, got {key!r}")
+    deletes = entry.get("deletes", "ignore")
+    if deletes not in DELETE_POLICIES:
+        raise SettingsError(f"{where}: \"deletes\" is {deletes!r} (expected \"ignore\" or \"propagate\")")
+    if mode == "none" and (key is not None or "deletes" in entry):
+        raise SettingsError(f"{where}: \"key\" and \"deletes\" only apply to mode \"incremental\"")
+    return TableMode(mode, key, deletes)
 
 
 def parse_http_url(value: str, name: str) -> str:

@@ -43,7 +43,8 @@ class PostgresIncrementalOperator(BaseOperator):
 
         settings = replication_settings(context)
         table = TableName.parse(str(self.table).strip())
-        if settings.backup_mode.get(table) != "incremental":
+        mode = settings.table_mode(table)
+        if mode is None or not mode.incremental:
             self.log.warning("table %s is not \"incremental\" in BACKUP_MODE; copying it incrementally as asked", table)
         try:
             result = copy_incremental(

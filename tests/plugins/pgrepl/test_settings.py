@@ -134,3 +134,39 @@ def test_parse_time_fallbacks():
     assert s.schedule_or_default({"SCHEDULE": "0 3 * * 1"}) == "0 3 * * 1"
     assert s.retries_or_default({"MAX_RETRY_COUNT": "x"}) == 10
     assert s.retries_or_default({"MAX_RETRY_COUNT": "2"}) == 2
+
+
+def test_backup_mode_object_form():
+    env = base_env(BACKUP_MODE='{"events": {"mode": "incremental", "key": "event_id", "deletes": "propagate"}, '
+                               '"answers": "incremental", "logs": {"mode": "none"}}')
+    cfg = s.load_replication(env)
+    assert cfg.table_mode(s.TableName("public", "events")) == s.TableMode("incremental", "event_id", "propagate")
+    assert cfg.table_mode(s.TableName("public", "answers")) == s.TableMode("incremental")
+    assert cfg.table_mode(s.TableName("public", "logs")) == s.TableMode("none")
+    assert cfg.table_mode(s.TableName("public", "users")) is None
+    assert [str(t) for t in cfg.incremental_tables] == ["answers", "events"]
+    assert [str(t) for t in cfg.kept_tables] == ["answers", "events", "logs"]
+
+
+def test_backup_mode_strings_given_in_code_become_table_modes():
+    cfg = s.ReplicationSettings(source=None, target=None, backup_mode={s.TableName("public", "a"): "none"})
+    assert cfg.backup_mode == {s.TableName("public", "a"): s.TableMode("none")}
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ('{"e": {"key": "id"}}', "BACKUP_MODE: table 'e' has unknown mode None"),
+        ('{"e": {"mode": "incremental", "colum": "id"}}', "BACKUP_MODE: table 'e': unknown key 'colum'"),
+        ('{"e": {"mode": "incremental", "key": ""}}', "BACKUP_MODE: table 'e': \"key\" must be a column name"),
+        ('{"e": {"mode": "incremental", "key": ["a", "b"]}}', "BACKUP_MODE: table 'e': \"key\" must be a column name"),
+        ('{"e": {"mode": "incremental", "deletes": "yes"}}', "BACKUP_MODE: table 'e': \"deletes\" is 'yes'"),
+        ('{"e": {"mode": "none", "key": "id"}}', "only apply to mode \"incremental\""),
+        ('{"e": ["incremental"]}', "BACKUP_MODE: table 'e' has unknown mode ['incremental']"),
+    ],
+)
+def test_backup_mode_object_form_errors(value, message):
+    with pytest.raises(s.SettingsError) as err:
+        s.load_replication(base_env(BACKUP_MODE=value))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
