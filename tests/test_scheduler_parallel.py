@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from conftest import ROOT, TEST_PASSWORD, table_fingerprint
-from pgrepl.devenv.sample_data import load_sample
+from devenv.sample_data import load_sample
 from scheduler_harness import AirflowStack, airflow_bin, max_concurrency
 
 pytestmark = pytest.mark.skipif(airflow_bin() is None, reason="the airflow CLI is not installed")

@@ -27,16 +27,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 import psycopg
 from psycopg import sql
 
+from pgrepl import sqlfiles
 from pgrepl.pgtools import PgConn
 from pgrepl.settings import TableName
-
-SQL_DIR = Path(__file__).resolve().parents[2] / "include" / "sql" / "incremental"
 
 #: integer types an ``id`` watermark may have: int2, int4, int8
 INTEGER_TYPE_OIDS = {21: "smallint", 23: "integer", 20: "bigint"}
@@ -86,10 +84,6 @@ class CopyMismatchError(IncrementalError):
 
 
 # -- pure helpers -------------------------------------------------------------------------------
-
-def _sql_text(name: str) -> str:
-    return (SQL_DIR / f"{name}.sql").read_text()
-
 
 def topological_order(tables: Sequence[TableName], edges: Iterable[tuple[TableName, TableName]]) -> list[TableName]:
     """``tables`` with every parent before its children; ``edges`` are ``(child, parent)`` pairs.
@@ -217,12 +211,12 @@ def _ident(table: TableName) -> sql.Identifier:
 
 
 def _relation(cur, table: TableName) -> tuple[int, str] | None:
-    row = cur.execute(_sql_text("relation"), {"schema": table.schema, "name": table.name}).fetchone()
+    row = cur.execute(sqlfiles.load("both/relation"), {"schema": table.schema, "name": table.name}).fetchone()
     return (row[0], row[1]) if row else None
 
 
 def _columns(cur, oid: int) -> list[Column]:
-    rows = cur.execute(_sql_text("columns"), {"oid": oid}).fetchall()
+    rows = cur.execute(sqlfiles.load("both/columns"), {"oid": oid}).fetchall()
     return [Column(*row) for row in rows]
 
 
@@ -246,7 +240,7 @@ def foreign_keys(cur, tables: Sequence[TableName]) -> list[tuple[TableName, Tabl
     if not tables:
         return []
     rows = cur.execute(
-        _sql_text("foreign_keys"),
+        sqlfiles.load("both/foreign_keys"),
         {"schemas": [t.schema for t in tables], "names": [t.name for t in tables]},
     ).fetchall()
     return [(TableName(cs, cn), TableName(ps, pn), con) for cs, cn, ps, pn, con in rows]
@@ -346,7 +340,7 @@ def _bootstrap_create(src_cur, tgt_cur, table: TableName, columns: list[Column])
 def _bootstrap_indexes(src_cur, tgt_cur, table: TableName, src_oid: int, logger) -> list[str]:
     """Primary key, then the source's other indexes (built after the rows: faster than row by row)."""
     created = []
-    for con_name, con_sql, index_sql, is_primary in src_cur.execute(_sql_text("indexes"), {"oid": src_oid}).fetchall():
+    for con_name, con_sql, index_sql, is_primary in src_cur.execute(sqlfiles.load("source/table_indexes"), {"oid": src_oid}).fetchall():
         if is_primary and con_name:
             tgt_cur.execute(sql.SQL("ALTER TABLE {table} ADD CONSTRAINT {name} " + con_sql).format(
                 table=_ident(table), name=sql.Identifier(con_name)))

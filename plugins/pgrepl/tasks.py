@@ -8,7 +8,7 @@ import os
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from pgrepl import fullcopy
-from pgrepl.hooks import warehouse
+from pgrepl import swap
 from pgrepl.settings import (
     SettingsError,
     airflow_connection_getter,
@@ -52,10 +52,10 @@ def preflight(run_id: str) -> dict:
         raise AirflowFailException(message) from None
     with settings.target.connect() as db:
         try:
-            warehouse.acquire_lease(db, run_id)
-        except warehouse.WarehouseBusy as exc:
+            swap.acquire_lease(db, run_id)
+        except swap.WarehouseBusy as exc:
             raise AirflowFailException(str(exc)) from None
-        pending = warehouse.swap_in_progress(db)
+        pending = swap.swap_in_progress(db)
     if pending:
         log.warning("an interrupted restore left schemas %s aside: the restore step will put them back first", pending)
     result = {
@@ -84,6 +84,6 @@ def release(run_id: str) -> bool:
     except SettingsError:
         return False  # preflight failed on settings: no lease was taken
     with settings.target.connect() as db:
-        released = warehouse.release_lease(db, run_id)
+        released = swap.release_lease(db, run_id)
     log.info("lease %s", "released" if released else "was not held by this run")
     return released

@@ -9,7 +9,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from conftest import TEST_PASSWORD, table_fingerprint
 from pgrepl import fullcopy, tasks
-from pgrepl.hooks import warehouse
+from pgrepl import swap as warehouse
 from pgrepl.incremental import copy_incremental
 from pgrepl.settings import ReplicationSettings, TableName, airflow_connection_getter, load_replication
 

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import TEST_PASSWORD, table_fingerprint
 from pgrepl import fullcopy
-from pgrepl.hooks import warehouse
+from pgrepl import swap as warehouse
 from pgrepl.settings import ReplicationSettings
 
 #: rows of the table whose CHECK sleeps on the warehouse: long enough a COPY to hit it mid-way (~2 ms a row)
@@ -214,7 +214,7 @@ def test_every_warehouse_connection_terminated(night, pg_cluster, source_db, tar
 def test_failed_restore_in_a_dag_run(night, pg_cluster, source_db, target_db, tmp_path):
     """(d) ``airflow dags test pg_replication`` with the refused table: the run fails at restore, ``rollback`` runs,
     ``release`` frees the lease, downstream steps never start, and the warehouse is yesterday's."""
-    from pgrepl.devenv import airflow_runner
+    from devenv import airflow_runner
 
     _, yesterday = night
     add_refused_table(pg_cluster, source_db)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from pgrepl.learning_content.hook import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, LcmsHook
+from pgrepl.hooks.lcms import DEFAULT_ENDPOINT, DEFAULT_TIMEOUT, LcmsHook
 from pgrepl.learning_content.loader import replace_tables
 from pgrepl.learning_content.mapping import TABLES, check_declarations, map_payload
 from pgrepl.pgtools import PgConn
@@ -32,7 +32,7 @@ def sync_learning_content(
     in one transaction; on any error every table keeps its previous content.
 
     :return: ``{"tables": {table: rows}, "seconds": elapsed}``
-    :raises pgrepl.learning_content.hook.LcmsFetchError: the API failed (URL and status named)
+    :raises pgrepl.hooks.lcms.LcmsFetchError: the API failed (URL and status named)
     :raises pgrepl.learning_content.mapping.LearningContentError: the payload does not fit (table, record, field)
     :raises pgrepl.learning_content.loader.LearningContentLoadError: the database refused it (table named)
     """

@@ -13,7 +13,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from pgrepl import fullcopy
-from pgrepl.hooks.warehouse import WarehouseBusy
+from pgrepl.swap import WarehouseBusy
 from pgrepl.task_settings import replication_settings
 
 

@@ -48,7 +48,7 @@ class LearningContentOperator(BaseOperator):
         self.drop_dependents = drop_dependents
 
     def execute(self, context: Context) -> dict:
-        from pgrepl.learning_content.hook import LcmsFetchError
+        from pgrepl.hooks.lcms import LcmsFetchError
         from pgrepl.learning_content.loader import LearningContentLoadError
         from pgrepl.learning_content.mapping import LearningContentError
         from pgrepl.learning_content.sync import sync_learning_content

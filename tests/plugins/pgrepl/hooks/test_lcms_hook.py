@@ -8,8 +8,8 @@ import threading
 import pytest
 from werkzeug import Response
 
-from pgrepl.devenv.lcms_server import load_sample_payload
-from pgrepl.learning_content.hook import LcmsFetchError, LcmsHook, redact_url
+from devenv.lcms_server import load_sample_payload
+from pgrepl.hooks.lcms import LcmsFetchError, LcmsHook, redact_url
 from pgrepl.settings import LcmsSettings
 
 KEY = "lcms-Key-7c2e91"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from pgrepl.catalog import load_sql
+from pgrepl import sqlfiles
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def aside_name(schema: str) -> str:
 
 def ensure_state(db) -> None:
     """Create ``_pgrepl`` bookkeeping tables if needed (commits)."""
-    db.execute(load_sql("state"))
+    db.execute(sqlfiles.load("warehouse/state"))
     db.commit()
 
 
@@ -211,7 +211,7 @@ def prepare_swap(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str,
                     _move_relation(db, oid, schema)
                 plan.moved_back[schema] = [relname for _, relname in moved]
                 if moved_oids:
-                    problems = db.execute(load_sql("kept_dependencies"), {"kept": moved_oids, "aside": aside}).fetchall()
+                    problems = db.execute(sqlfiles.load("warehouse/kept_dependencies"), {"kept": moved_oids, "aside": aside}).fetchall()
                     if problems:
                         detail = "; ".join(f"{kept_rel} needs {needs}" for kept_rel, needs in problems)
                         raise SwapError(f"tables kept in schema {schema} depend on objects the restore replaces: {detail}")
@@ -278,7 +278,7 @@ def finalize_swap(db) -> list[str]:
     try:
         for schema, aside in rows:
             if _schema_exists(db, aside):
-                lost += [r[0] for r in db.execute(load_sql("lost_dependents"), {"aside": aside}).fetchall()]
+                lost += [r[0] for r in db.execute(sqlfiles.load("warehouse/lost_dependents"), {"aside": aside}).fetchall()]
                 db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(aside)))
             db.execute("DELETE FROM _pgrepl.swap WHERE schema_name = %s", (schema,))
         db.commit()

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from pgrepl import fullcopy
-from pgrepl.hooks import warehouse
+from pgrepl import swap as warehouse
 from pgrepl.settings import ReplicationSettings, TableName
 
 
