@@ -27,12 +27,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Sequence
 
 import psycopg
 from psycopg import sql
 
 from pgrepl import sqlfiles
+from pgrepl.errors import PgreplError
 from pgrepl.pgtools import PgConn
 from pgrepl.settings import TableName
 
@@ -51,10 +52,10 @@ log = logging.getLogger(__name__)
 
 # -- errors -------------------------------------------------------------------------------------
 
-class IncrementalError(RuntimeError):
-    """The incremental copy of a table cannot proceed; ``permanent`` errors will not go away on retry."""
+class IncrementalError(PgreplError, RuntimeError):
+    """The incremental copy of a table cannot proceed; unless said otherwise, a retry would meet the same data."""
 
-    permanent = True
+    retryable = False
 
 
 class TableNotFoundError(IncrementalError):
@@ -80,7 +81,7 @@ class ForeignKeyError(IncrementalError):
 class CopyMismatchError(IncrementalError):
     """The number of rows written differs from the number of rows read."""
 
-    permanent = False
+    retryable = True
 
 
 # -- pure helpers -------------------------------------------------------------------------------
@@ -118,7 +119,6 @@ class Column:
     type_sql: str
     not_null: bool = False
     default_sql: str | None = None
-    identity: str = ""
     generated: str = ""
     collation_sql: str | None = None
     default_uses_sequence: bool = False
@@ -475,11 +475,3 @@ def copy_incremental(
         src.rollback()
     return result
 
-
-def result_summary(results: Sequence[Mapping]) -> str:
-    """One line per table for a run summary (the notify/report steps may use it)."""
-    return "\n".join(
-        f"{r['table']}: {r['mode']}, {r['rows_before']} -> {r['rows_after']} (+{r['copied']}) "
-        f"in {r['seconds']} s, {r['rows_per_second']} rows/s"
-        for r in results
-    )

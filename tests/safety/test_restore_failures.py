@@ -115,8 +115,9 @@ def test_rows_refused_by_the_warehouse(night, pg_cluster, source_db, target_db):
     """(a) pg_restore's COPY fails on a CHECK constraint: the run fails, yesterday's warehouse stays."""
     settings, yesterday = night
     add_refused_table(pg_cluster, source_db)
-    with pytest.raises(RuntimeError, match="violates check constraint"):
+    with pytest.raises(RuntimeError, match="violates check constraint") as refused:
         fullcopy.run_full_copy(settings, "refused-night")
+    assert refused.value.retryable is False  # the same rows would be refused at every attempt: no retry
     assert_yesterday(target_db, yesterday)
 
 
@@ -174,8 +175,9 @@ def test_restore_connection_terminated(night, pg_cluster, source_db, target_db):
     settings, yesterday = night
     add_slow_table(source_db)
     thread, terminated = terminate_when_copying(pg_cluster, target_db, everyone=False)
-    with pytest.raises(RuntimeError, match="command failed"):
+    with pytest.raises(RuntimeError, match="command failed") as lost:
         fullcopy.run_full_copy(settings, "terminated-night")
+    assert lost.value.retryable is True  # a lost connection may pass: retried
     thread.join(5)
     assert terminated, "pg_restore finished before its connection could be terminated"
     assert_yesterday(target_db, yesterday)

@@ -16,10 +16,12 @@ import time
 
 from pgrepl import sqlfiles, swap
 from pgrepl.fullcopy.common import (
+    ClientCommandError,
     PreflightError,
     RunPaths,
     client_environment,
     failure_lines,
+    failure_retryable,
     run_key,
     run_paths,
     run_script,
@@ -38,7 +40,7 @@ from pgrepl.fullcopy.sql_steps import run_sql, sql_groups
 from pgrepl.settings import ReplicationSettings
 
 __all__ = [
-    "DUMP_SCRIPT", "RESTORE_APP_NAME", "RESTORE_SCRIPT", "PreflightError", "RunPaths", "build_restore_list",
+    "ClientCommandError", "failure_retryable", "DUMP_SCRIPT", "RESTORE_APP_NAME", "RESTORE_SCRIPT", "PreflightError", "RunPaths", "build_restore_list",
     "client_environment", "dump", "dump_environment", "exported_snapshot", "failure_lines", "preflight", "restore",
     "restore_environment", "rollback", "run_full_copy", "run_key", "run_paths", "run_script", "run_sql", "sql_groups",
 ]

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from pgrepl.errors import PgreplError
 from pgrepl.pgtools import PgConn, client_env, write_passfile
 from pgrepl.settings import ReplicationSettings
 
@@ -20,8 +21,27 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[3]
 
 
-class PreflightError(RuntimeError):
-    """A check before touching anything failed; the message says which and why."""
+class PreflightError(PgreplError, RuntimeError):
+    """A check before touching anything failed; the message says which and why. No retry unless said so (an
+    unreachable database may come back)."""
+
+    retryable = False
+
+
+class ClientCommandError(PgreplError, RuntimeError):
+    """``pg_dump`` / ``pg_restore`` failed; the message holds the client's error lines. Retryable unless those lines
+    say the data or the dump itself is refused (:func:`failure_retryable`)."""
+
+
+#: words of a client's error line that no retry can change: the data or the dump is refused by the warehouse
+PERMANENT_FAILURE_MARKERS = ("violates", "invalid input syntax", "out of range", "syntax error", "permission denied",
+                             "does not exist", "already exists", "value too long", "invalid byte sequence")
+
+
+def failure_retryable(lines: list[str]) -> bool:
+    """False when the client's error lines show a failure every attempt would repeat (a constraint violation, a
+    missing object, a poisoned dump); true otherwise (a lost connection, a killed process, a full disk)."""
+    return not any(marker in line for line in lines for marker in PERMANENT_FAILURE_MARKERS)
 
 
 def run_key(run_id: str) -> str:
@@ -82,5 +102,6 @@ def run_script(script: str, env: dict) -> None:
     result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
     if result.returncode != 0:
         output = result.stdout + result.stderr
-        errors = "\n".join(failure_lines(output))
-        raise RuntimeError(f"command failed ({result.returncode}): {errors}\n--- last output ---\n{output[-1500:]}")
+        lines = failure_lines(output)
+        raise ClientCommandError(f"command failed ({result.returncode}): " + "\n".join(lines)
+                                 + f"\n--- last output ---\n{output[-1500:]}", retryable=failure_retryable(lines))

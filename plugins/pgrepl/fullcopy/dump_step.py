@@ -10,7 +10,8 @@ import time
 from contextlib import contextmanager
 
 from pgrepl import catalog
-from pgrepl.fullcopy.common import _first_line, client_environment, run_paths, run_script, RunPaths
+from pgrepl.errors import PgreplError, is_retryable
+from pgrepl.fullcopy.common import RunPaths, _first_line, client_environment, run_paths, run_script
 from pgrepl.pgtools import tool
 from pgrepl.settings import ReplicationSettings, TableName
 
@@ -100,7 +101,8 @@ def dump(settings: ReplicationSettings, key: str, runner=run_script) -> dict:
             finally:
                 counter.join()
         if counter.error:
-            raise RuntimeError(f"counting the source rows failed: {_first_line(counter.error)}")
+            raise PgreplError(f"counting the source rows failed: {_first_line(counter.error)}",
+                              retryable=is_retryable(counter.error))
     return {
         "host": socket.gethostname(),
         "dump_dir": str(paths.dump_dir),

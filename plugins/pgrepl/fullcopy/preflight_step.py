@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pgrepl import catalog
+from pgrepl import catalog, sqlfiles
 from pgrepl.fullcopy.common import PreflightError, _first_line
 from pgrepl.pgtools import PgToolError, tool, tool_major_version
 from pgrepl.settings import ReplicationSettings
@@ -15,12 +15,14 @@ def preflight(settings: ReplicationSettings) -> dict:
     try:
         source = settings.source.connect(connect_timeout=15)
     except Exception as exc:
-        raise PreflightError(f"source database {settings.source.safe_url()} unreachable: {_first_line(exc)}") from None
+        raise PreflightError(f"source database {settings.source.safe_url()} unreachable: {_first_line(exc)}",
+                             retryable=True) from None
     try:
         target = settings.target.connect(connect_timeout=15)
     except Exception as exc:
         source.close()
-        raise PreflightError(f"target database {settings.target.safe_url()} unreachable: {_first_line(exc)}") from None
+        raise PreflightError(f"target database {settings.target.safe_url()} unreachable: {_first_line(exc)}",
+                             retryable=True) from None
     with source, target:
         server_major = source.info.server_version // 10000
         for name in ("pg_dump", "pg_restore"):
@@ -33,10 +35,7 @@ def preflight(settings: ReplicationSettings) -> dict:
                     f"{name} is version {major} but the source server is {server_major}: install a client >= {server_major} "
                     "(PG_BIN_DIR names its folder)"
                 )
-        role, superuser, can_create = target.execute(
-            "SELECT current_user, rolsuper, has_database_privilege(current_database(), 'CREATE') "
-            "FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()
+        role, superuser, can_create = target.execute(sqlfiles.load("warehouse/role")).fetchone()
         if superuser:
             raise PreflightError(
                 f"target role {role!r} (connection replication_target / TARGET_DATABASE_URL / DATABASE_URL) is a "

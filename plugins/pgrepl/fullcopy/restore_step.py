@@ -11,7 +11,14 @@ import sys
 import time
 
 from pgrepl import catalog, swap
-from pgrepl.fullcopy.common import PreflightError, RunPaths, client_environment, run_paths, run_script
+from pgrepl.fullcopy.common import (
+    ClientCommandError,
+    PreflightError,
+    RunPaths,
+    client_environment,
+    run_paths,
+    run_script,
+)
 from pgrepl.pgtools import tool
 from pgrepl.restore_list import RestoreList, filter_restore_list
 from pgrepl.settings import ReplicationSettings
@@ -58,7 +65,8 @@ def build_restore_list(settings: ReplicationSettings, paths: RunPaths) -> tuple[
         [tool("pg_restore", settings.pg_bin_dir), "--list", str(paths.dump_dir)], capture_output=True, text=True
     )
     if listed.returncode != 0:
-        raise RuntimeError(f"cannot read the dump at {paths.dump_dir}: {listed.stderr.strip()[-1000:]}")
+        raise ClientCommandError(f"cannot read the dump at {paths.dump_dir}: {listed.stderr.strip()[-1000:]} "
+                                 "(clear the dump task too)", retryable=False)
     toc = listed.stdout
     with settings.source.connect() as db:
         relations = catalog.read_relations(db)
