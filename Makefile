@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-export PYTHONPATH := $(CURDIR)/plugins
+export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 
 .PHONY: demo test bench install clean
 
@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 
 ## run the whole pg_replication DAG on throwaway local databases and print a summary
 demo: $(VENV)/.installed
-	$(PY) -m pgrepl.devenv.demo
+	$(PY) -m devenv.demo
 
 ## run the whole test suite
 test: $(VENV)/.installed

@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "plugins"), str(Path(__file__).resolve().parents[1])]
 
-from pgrepl.devenv.cluster import Cluster  # noqa: E402
+from devenv.cluster import Cluster  # noqa: E402
 from pgrepl.incremental import copy_incremental  # noqa: E402
 from pgrepl.pgtools import client_env, tool, write_passfile  # noqa: E402
 from pgrepl.settings import TableName  # noqa: E402

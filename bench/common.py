@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "plugins") not in sys.path:
-    sys.path.insert(0, str(ROOT / "plugins"))
+for _folder in (ROOT, ROOT / "plugins"):  # pgrepl, and devenv (throwaway clusters)
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
-from pgrepl.devenv.cluster import SUPERUSER, Cluster, free_port  # noqa: E402
+from devenv.cluster import SUPERUSER, Cluster, free_port  # noqa: E402
 from pgrepl.pgtools import PgConn, tool  # noqa: E402
 
 #: git-ignored folder holding kept source clusters, work dirs and logs

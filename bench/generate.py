@@ -6,7 +6,7 @@
 The source lives in a kept cluster under ``.bench/source-s<scale>/`` (git-ignored): its data directory
 survives between runs, so the 1.8 GB of scale 3 is generated once. ``bench/run.py`` calls :func:`open_source`.
 Scale 1 = 100 k users, 200 k assessments, 2 M answers, 2 M knowledge-elements, 100 k jsonb snapshots
-(``pgrepl.devenv.sample_data``), with the foreign keys and indexes of DESIGN.md "Data shapes".
+(``devenv.sample_data``), with the foreign keys and indexes of DESIGN.md "Data shapes".
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCH_DIR, KeptCluster, PgConn, log  # noqa: E402
 
-from pgrepl.devenv.sample_data import load_sample  # noqa: E402
+from devenv.sample_data import load_sample  # noqa: E402
 
 SOURCE_DB = "pix"
 SOURCE_ROLE = "pix_source"

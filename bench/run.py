@@ -31,7 +31,7 @@ from methods import (  # noqa: E402
     run_project,
 )
 
-from pgrepl.devenv.cluster import Cluster  # noqa: E402
+from devenv.cluster import Cluster  # noqa: E402
 from pgrepl.pgtools import client_env  # noqa: E402
 
 TARGET_ROLE = "warehouse"

@@ -26,8 +26,6 @@ Restart a failed step: clear it with its downstream tasks (UI, or
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from airflow.sdk import DAG, Param, task
 
 from pgrepl.assets import WAREHOUSE_REFRESHED
@@ -38,8 +36,7 @@ from pgrepl.operators.end_of_run import WebhookOperator
 from pgrepl.operators.incremental import PostgresIncrementalOperator
 from pgrepl.operators.learning_content import LearningContentOperator
 from pgrepl.settings import schedule_or_default
-
-SQL_ROOT = Path(__file__).resolve().parents[1] / "include" / "sql"
+from pgrepl.sqlfiles import SQL_ROOT, template_names
 
 with DAG(
     dag_id="pg_replication",
@@ -84,11 +81,11 @@ with DAG(
 
     compat_views = WarehouseSQLOperator(
         task_id="compat_views",
-        sql=sorted(f"compat/{p.name}" for p in (SQL_ROOT / "compat").glob("*.sql")),
+        sql=template_names("compat"),
     )
     enrichment = WarehouseSQLOperator(
         task_id="enrichment",
-        sql=sorted(f"enrichment/{p.name}" for p in (SQL_ROOT / "enrichment").glob("*.sql")),
+        sql=template_names("enrichment"),
     )
 
     @task(retries=0)

@@ -23,7 +23,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from pgrepl.devenv.airflow_runner import last_run
+from devenv.airflow_runner import last_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = ROOT / "dags"
@@ -36,7 +36,7 @@ _template_db: Path | None = None
 
 def airflow_env(airflow_home: Path, extra: dict | None = None) -> dict:
     """Environment of an Airflow CLI subprocess: own home, SQLite metadata, the project's dags and plugins."""
-    from pgrepl.devenv.airflow_runner import airflow_env as project_airflow_env
+    from devenv.airflow_runner import airflow_env as project_airflow_env
 
     return project_airflow_env(airflow_home, {k: str(v) for k, v in (extra or {}).items()})
 

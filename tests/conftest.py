@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "plugins"))
+sys.path[:0] = [str(ROOT / "plugins"), str(ROOT)]  # pgrepl, and devenv (throwaway clusters)
 
 # Airflow reads its home at import: keep the test session's Airflow out of ~/airflow.
 if "AIRFLOW_HOME" not in os.environ:
@@ -20,8 +20,8 @@ if "AIRFLOW_HOME" not in os.environ:
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
 
-from pgrepl.devenv.cluster import Cluster  # noqa: E402
-from pgrepl.devenv.sample_data import load_sample  # noqa: E402
+from devenv.cluster import Cluster  # noqa: E402
+from devenv.sample_data import load_sample  # noqa: E402
 
 _counter = itertools.count()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import table_fingerprint
-from pgrepl.devenv import demo
+from devenv import demo
 from pgrepl.learning_content.mapping import TABLE_NAMES
 
 

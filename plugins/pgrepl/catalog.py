@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 from psycopg import sql
 
+from pgrepl import sqlfiles
 from pgrepl.restore_list import SourceCatalog
 from pgrepl.settings import TableName
-
-SQL_DIR = Path(__file__).resolve().parents[2] / "include" / "sql" / "target"
-
-
-def load_sql(name: str) -> str:
-    """Text of ``include/sql/target/<name>.sql``."""
-    return (SQL_DIR / f"{name}.sql").read_text()
-
 
 @dataclass(frozen=True)
 class Relation:
@@ -33,22 +24,16 @@ class Relation:
 
 def read_relations(db) -> list[Relation]:
     """Every user relation of the database behind ``db`` (a psycopg connection)."""
-    return [Relation(*row) for row in db.execute(load_sql("source_relations")).fetchall()]
+    return [Relation(*row) for row in db.execute(sqlfiles.load("source/relations")).fetchall()]
 
 
 def read_source_catalog(db, relations: list[Relation] | None = None) -> SourceCatalog:
     """The :class:`SourceCatalog` of the database behind ``db``."""
     relations = read_relations(db) if relations is None else relations
-    owners = {(classid, objid): table for classid, objid, table in db.execute(load_sql("source_catalog")).fetchall()}
+    owners = {(classid, objid): table for classid, objid, table in db.execute(sqlfiles.load("source/object_owners")).fetchall()}
     references = {
         (classid, objid): table
-        for classid, objid, table in db.execute(
-            "SELECT 'pg_constraint'::regclass::oid, oid, confrelid FROM pg_constraint WHERE contype = 'f' "
-            "UNION ALL "
-            "SELECT d.classid, d.objid, d.refobjid FROM pg_depend d WHERE d.classid = 'pg_attrdef'::regclass "
-            "AND d.refclassid = 'pg_class'::regclass AND d.deptype = 'n' "
-            "AND d.refobjid <> (SELECT adrelid FROM pg_attrdef WHERE oid = d.objid)"
-        ).fetchall()
+        for classid, objid, table in db.execute(sqlfiles.load("source/object_references")).fetchall()
     }
     return SourceCatalog(
         owners=owners,

@@ -27,16 +27,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Sequence
 
 import psycopg
 from psycopg import sql
 
+from pgrepl import sqlfiles
+from pgrepl.errors import PgreplError
 from pgrepl.pgtools import PgConn
 from pgrepl.settings import TableName
-
-SQL_DIR = Path(__file__).resolve().parents[2] / "include" / "sql" / "incremental"
 
 #: integer types an ``id`` watermark may have: int2, int4, int8
 INTEGER_TYPE_OIDS = {21: "smallint", 23: "integer", 20: "bigint"}
@@ -53,10 +52,10 @@ log = logging.getLogger(__name__)
 
 # -- errors -------------------------------------------------------------------------------------
 
-class IncrementalError(RuntimeError):
-    """The incremental copy of a table cannot proceed; ``permanent`` errors will not go away on retry."""
+class IncrementalError(PgreplError, RuntimeError):
+    """The incremental copy of a table cannot proceed; unless said otherwise, a retry would meet the same data."""
 
-    permanent = True
+    retryable = False
 
 
 class TableNotFoundError(IncrementalError):
@@ -82,14 +81,10 @@ class ForeignKeyError(IncrementalError):
 class CopyMismatchError(IncrementalError):
     """The number of rows written differs from the number of rows read."""
 
-    permanent = False
+    retryable = True
 
 
 # -- pure helpers -------------------------------------------------------------------------------
-
-def _sql_text(name: str) -> str:
-    return (SQL_DIR / f"{name}.sql").read_text()
-
 
 def topological_order(tables: Sequence[TableName], edges: Iterable[tuple[TableName, TableName]]) -> list[TableName]:
     """``tables`` with every parent before its children; ``edges`` are ``(child, parent)`` pairs.
@@ -124,7 +119,6 @@ class Column:
     type_sql: str
     not_null: bool = False
     default_sql: str | None = None
-    identity: str = ""
     generated: str = ""
     collation_sql: str | None = None
     default_uses_sequence: bool = False
@@ -217,12 +211,12 @@ def _ident(table: TableName) -> sql.Identifier:
 
 
 def _relation(cur, table: TableName) -> tuple[int, str] | None:
-    row = cur.execute(_sql_text("relation"), {"schema": table.schema, "name": table.name}).fetchone()
+    row = cur.execute(sqlfiles.load("both/relation"), {"schema": table.schema, "name": table.name}).fetchone()
     return (row[0], row[1]) if row else None
 
 
 def _columns(cur, oid: int) -> list[Column]:
-    rows = cur.execute(_sql_text("columns"), {"oid": oid}).fetchall()
+    rows = cur.execute(sqlfiles.load("both/columns"), {"oid": oid}).fetchall()
     return [Column(*row) for row in rows]
 
 
@@ -246,7 +240,7 @@ def foreign_keys(cur, tables: Sequence[TableName]) -> list[tuple[TableName, Tabl
     if not tables:
         return []
     rows = cur.execute(
-        _sql_text("foreign_keys"),
+        sqlfiles.load("both/foreign_keys"),
         {"schemas": [t.schema for t in tables], "names": [t.name for t in tables]},
     ).fetchall()
     return [(TableName(cs, cn), TableName(ps, pn), con) for cs, cn, ps, pn, con in rows]
@@ -346,7 +340,7 @@ def _bootstrap_create(src_cur, tgt_cur, table: TableName, columns: list[Column])
 def _bootstrap_indexes(src_cur, tgt_cur, table: TableName, src_oid: int, logger) -> list[str]:
     """Primary key, then the source's other indexes (built after the rows: faster than row by row)."""
     created = []
-    for con_name, con_sql, index_sql, is_primary in src_cur.execute(_sql_text("indexes"), {"oid": src_oid}).fetchall():
+    for con_name, con_sql, index_sql, is_primary in src_cur.execute(sqlfiles.load("source/table_indexes"), {"oid": src_oid}).fetchall():
         if is_primary and con_name:
             tgt_cur.execute(sql.SQL("ALTER TABLE {table} ADD CONSTRAINT {name} " + con_sql).format(
                 table=_ident(table), name=sql.Identifier(con_name)))
@@ -481,11 +475,3 @@ def copy_incremental(
         src.rollback()
     return result
 
-
-def result_summary(results: Sequence[Mapping]) -> str:
-    """One line per table for a run summary (the notify/report steps may use it)."""
-    return "\n".join(
-        f"{r['table']}: {r['mode']}, {r['rows_before']} -> {r['rows_after']} (+{r['copied']}) "
-        f"in {r['seconds']} s, {r['rows_per_second']} rows/s"
-        for r in results
-    )

@@ -16,24 +16,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from airflow.sdk import BaseNotifier
 
+from pgrepl.redact import redact
 from pgrepl.settings import Notification, SettingsError, parse_notifications
 
 CONTENT_TYPE = {"Content-Type": "application/json"}
 DEFAULT_TIMEOUT = 60.0
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*):[^@\s/]*@", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """Hide passwords of URLs in a message (``scheme://user:***@host``)."""
-    return _URL_PASSWORD.sub(r"\1:***@", text)
-
-
 def _round(value: Any) -> float | None:
     return None if value is None else round(float(value), 3)
 
@@ -126,19 +118,24 @@ def notification_requests(notifications: Sequence[Notification], summary: Mappin
 
 def post_webhooks(notifications: Sequence[Notification], body: Mapping, timeout: float = DEFAULT_TIMEOUT,
                   log=None) -> list[dict]:
-    """POST ``body`` to every entry (each independently); ``[{"url", "status_code" | "error"}]``."""
+    """POST ``body`` to every entry (each independently) through the same hook as the success webhooks
+    (:class:`~pgrepl.hooks.webhook.UrlHttpHook`); ``[{"url", "status_code" | "error"}]``."""
     import requests
+    from airflow.sdk.exceptions import AirflowException
+
+    from pgrepl.hooks.webhook import UrlHttpHook
 
     data = json.dumps(body, sort_keys=True, default=str)
     results = []
     for notification in notifications:
+        base_url, endpoint = split_url(notification.url)
         try:
-            response = requests.post(notification.url, data=data, headers=request_headers(notification), timeout=timeout)
-            response.raise_for_status()
+            response = UrlHttpHook(base_url, method="POST").run(
+                endpoint, data=data, headers=request_headers(notification), extra_options={"timeout": timeout})
             results.append({"url": notification.url, "status_code": response.status_code})
             if log:
                 log.info("notified %s: HTTP %s", notification.url, response.status_code)
-        except requests.RequestException as exc:
+        except (requests.RequestException, AirflowException) as exc:
             error = redact(str(exc))
             if notification.token:
                 error = error.replace(notification.token, "***")

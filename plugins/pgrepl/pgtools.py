@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from pgrepl.errors import PgreplError
 
-class PgToolError(RuntimeError):
-    """A PostgreSQL client binary is missing or unusable."""
+
+class PgToolError(PgreplError, RuntimeError):
+    """A PostgreSQL client binary is missing or unusable (``PG_BIN_DIR``); no retry can fix it."""
+
+    retryable = False
 
 
 def _version_key(path: str) -> float:
@@ -55,7 +59,7 @@ def tool(name: str, bin_dir: str | None = None) -> str:
     if not os.access(path, os.X_OK):
         found = shutil.which(name)
         if not found:
-            raise PgToolError(f"{name} not found in {folder} nor on PATH")
+            raise PgToolError(f"PG_BIN_DIR: {name} not found in {folder} nor on PATH")
         return found
     return path
 
@@ -65,7 +69,7 @@ def tool_major_version(path: str) -> int:
     out = subprocess.run([path, "--version"], capture_output=True, text=True, check=True).stdout
     match = re.search(r"(\d+)(?:\.\d+)?", out)
     if not match:
-        raise PgToolError(f"cannot read the version of {path}: {out!r}")
+        raise PgToolError(f"PG_BIN_DIR: cannot read the version of {path}: {out!r}")
     return int(match.group(1))
 
 

@@ -26,14 +26,15 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import cached_property
 from typing import Any, Callable, Mapping
 
+from pgrepl.errors import PgreplError
 from pgrepl.pgtools import PgConn, client_env, tool, write_passfile
 from pgrepl.schema_export import run_logged
 from pgrepl.settings import (
     S3_CONN_ID,
     SOURCE_CONN_ID,
+    SOURCE_URL_VARIABLES,
     ConnectionGetter,
     S3Settings,
     SettingsError,
@@ -53,15 +54,11 @@ DEFAULT_CHUNK_MB = 32
 DEFAULT_CONCURRENCY = 4
 
 
-class S3DumpError(RuntimeError):
+class S3DumpError(PgreplError, RuntimeError):
     """The dump or the upload failed; the message names the setting to look at when one is at fault.
 
     ``retryable`` is false when a retry cannot help (unknown bucket, rejected credentials).
     """
-
-    def __init__(self, message: str, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.retryable = retryable
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -72,19 +69,20 @@ class DumpToS3Settings:
     s3: S3Settings
     work_dir: str
     pg_bin_dir: str | None = None
-    #: the Airflow connection ``replication_s3`` when defined (credentials, endpoint, region come from it)
+    #: the Airflow connection ``s3_conn_id`` when defined (credentials, endpoint, region come from it)
     s3_connection: Any = None
+    s3_conn_id: str = S3_CONN_ID
 
     @property
     def credentials_setting(self) -> str:
         """Where the credentials come from, for error messages."""
         if self.s3_connection is not None:
-            return f"connection {S3_CONN_ID} (login / password)"
+            return f"connection {self.s3_conn_id} (login / password)"
         return "S3_ACCESS_KEY / S3_SECRET_ACCESS_KEY"
 
     @property
     def endpoint_setting(self) -> str:
-        return f"connection {S3_CONN_ID} (extra endpoint_url)" if self.s3_connection is not None else "S3_ENDPOINT"
+        return f"connection {self.s3_conn_id} (extra endpoint_url)" if self.s3_connection is not None else "S3_ENDPOINT"
 
     @property
     def endpoint(self) -> str:
@@ -110,22 +108,22 @@ def normalize_s3_env(env: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def load_settings(env: Mapping[str, str] | None = None,
-                  get_connection: ConnectionGetter | None = None) -> DumpToS3Settings:
+def load_settings(env: Mapping[str, str] | None = None, get_connection: ConnectionGetter | None = None, *,
+                  source_conn_id: str = SOURCE_CONN_ID, s3_conn_id: str = S3_CONN_ID) -> DumpToS3Settings:
     """Settings of ``dump_to_s3``: source database, S3 target, work dir. Raises :class:`SettingsError`."""
     env = normalize_s3_env(os.environ if env is None else env)
-    source = resolve_database(env, get_connection, SOURCE_CONN_ID, ("SOURCE_DATABASE_URL",))
+    source = resolve_database(env, get_connection, source_conn_id, SOURCE_URL_VARIABLES)
     s3 = load_s3(env)
     work_dir = _get(env, "REPLICATION_WORK_DIR") or default_work_dir(env)
     if not os.path.isabs(work_dir):
         raise SettingsError(f"REPLICATION_WORK_DIR: {work_dir!r} must be an absolute path")
     if _get(env, SCHEDULE_VAR):
         parse_cron(env, SCHEDULE_VAR, "0 3 * * 0")
-    connection = get_connection(S3_CONN_ID) if get_connection else None
+    connection = get_connection(s3_conn_id) if get_connection else None
     if connection is not None and (getattr(connection, "conn_type", None) or "aws") != "aws":
-        raise SettingsError(f"connection {S3_CONN_ID}: expected type 'aws', got {connection.conn_type!r}")
+        raise SettingsError(f"connection {s3_conn_id}: expected type 'aws', got {connection.conn_type!r}")
     return DumpToS3Settings(source=source, s3=s3, work_dir=work_dir, pg_bin_dir=_get(env, "PG_BIN_DIR"),
-                            s3_connection=connection)
+                            s3_connection=connection, s3_conn_id=s3_conn_id)
 
 
 def schedule_or_none(env: Mapping[str, str] | None = None) -> str | None:
@@ -150,7 +148,7 @@ def object_key(prefix: str, now: datetime | None = None) -> str:
 
 # -- S3 client ------------------------------------------------------------------------------------
 
-def settings_connection(s3: S3Settings):
+def settings_connection(s3: S3Settings, conn_id: str = S3_CONN_ID):
     """An in-memory ``aws`` Airflow connection built from the seed's ``S3_*`` variables."""
     from airflow.sdk import Connection
 
@@ -159,7 +157,7 @@ def settings_connection(s3: S3Settings):
         extra["endpoint_url"] = s3.endpoint
     if s3.region:
         extra["region_name"] = s3.region
-    return Connection(conn_id=f"{S3_CONN_ID} (S3_* variables)", conn_type="aws", login=s3.access_key,
+    return Connection(conn_id=f"{conn_id} (S3_* variables)", conn_type="aws", login=s3.access_key,
                       password=s3.secret_key, extra=json.dumps(extra))
 
 
@@ -183,24 +181,14 @@ def botocore_config(custom_endpoint: bool, connection_extra: Mapping | None = No
 
 def make_hook(settings: DumpToS3Settings, chunk_mb: int = DEFAULT_CHUNK_MB, concurrency: int = DEFAULT_CONCURRENCY):
     """An :class:`S3Hook` on the connection ``replication_s3`` if defined, else on the ``S3_*`` variables."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-    from airflow.providers.amazon.aws.utils.connection_wrapper import AwsConnectionWrapper
+    from pgrepl.hooks.s3 import ResolvedConnectionS3Hook
 
-    connection = settings.s3_connection or settings_connection(settings.s3)
+    connection = settings.s3_connection or settings_connection(settings.s3, settings.s3_conn_id)
     extra = getattr(connection, "extra_dejson", None) or {}
-
-    class _ResolvedConnectionS3Hook(S3Hook):
-        """S3Hook on a connection object already resolved (Airflow's, or built from variables)."""
-
-        @cached_property
-        def conn_config(self) -> AwsConnectionWrapper:
-            return AwsConnectionWrapper(conn=connection, region_name=self._region_name,
-                                        botocore_config=self._config, verify=self._verify)
-
     transfer = {"multipart_threshold": chunk_mb * MB, "multipart_chunksize": chunk_mb * MB,
                 "max_concurrency": concurrency, "use_threads": True}
-    return _ResolvedConnectionS3Hook(aws_conn_id=None, transfer_config_args=transfer,
-                                     config=botocore_config(bool(extra.get("endpoint_url")), extra))
+    return ResolvedConnectionS3Hook(connection, transfer_config_args=transfer,
+                                    config=botocore_config(bool(extra.get("endpoint_url")), extra))
 
 
 # -- errors ---------------------------------------------------------------------------------------

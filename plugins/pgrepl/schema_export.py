@@ -19,11 +19,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+from pgrepl.errors import PgreplError
 from pgrepl.pgtools import PgConn, client_env, tool, write_passfile
 from pgrepl.settings import (
     SCHEMA_EXPORT_CONN_ID,
     SOURCE_CONN_ID,
+    SOURCE_URL_VARIABLES,
     TARGET_CONN_ID,
+    TARGET_URL_VARIABLES,
     ConnectionGetter,
     SettingsError,
     load_schema_export,
@@ -33,8 +36,8 @@ from pgrepl.settings import (
 LogLine = Callable[[str], None]
 
 
-class SchemaExportError(RuntimeError):
-    """pg_dump or psql failed; the message holds the tool, its exit status and its last output lines."""
+class SchemaExportError(PgreplError, RuntimeError):
+    """pg_dump or psql failed; the message holds the tool, its exit status and its last output lines. Retried."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,8 @@ def _same_database(a: PgConn, b: PgConn) -> bool:
 
 
 def load_settings(env: Mapping[str, str] | None = None,
-                  get_connection: ConnectionGetter | None = None) -> SchemaExportSettings | None:
+                  get_connection: ConnectionGetter | None = None, *, target_conn_id: str = TARGET_CONN_ID,
+                  source_conn_id: str = SOURCE_CONN_ID) -> SchemaExportSettings | None:
     """The export's settings; ``None`` when ``DB_SCHEMA_EXPORTER_ENABLED`` is not true.
 
     Only the warehouse and the catalog are needed (the source and ``BACKUP_MODE`` are not read), and the
@@ -61,14 +65,14 @@ def load_settings(env: Mapping[str, str] | None = None,
     catalog = load_schema_export(env, get_connection)
     if catalog is None:
         return None
-    warehouse = resolve_database(env, get_connection, TARGET_CONN_ID, ("TARGET_DATABASE_URL", "DATABASE_URL"))
+    warehouse = resolve_database(env, get_connection, target_conn_id, TARGET_URL_VARIABLES)
     if _same_database(catalog, warehouse):
         raise SettingsError(
             "DB_SCHEMA_EXPORTER_DATABASE_TARGET: points at the warehouse itself "
             f"({warehouse.host}:{warehouse.port}/{warehouse.dbname}); the export would drop its tables"
         )
     try:
-        source = resolve_database(env, get_connection, SOURCE_CONN_ID, ("SOURCE_DATABASE_URL",))
+        source = resolve_database(env, get_connection, source_conn_id, SOURCE_URL_VARIABLES)
     except SettingsError:
         source = None  # the export does not need the source; it only must not be the catalog
     if source is not None and _same_database(catalog, source):

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from pgrepl.errors import PgreplError
 from pgrepl.pgtools import PgConn
+from pgrepl.redact import redact
 
 DEFAULT_SCHEDULE = "10 5 * * *"
 DEFAULT_TIMEZONE = "Europe/Paris"
@@ -33,13 +35,18 @@ TARGET_CONN_ID = "replication_target"
 LCMS_CONN_ID = "lcms_api"
 SCHEMA_EXPORT_CONN_ID = "schema_export_target"
 S3_CONN_ID = "replication_s3"
+#: the seed's variables naming the source and the warehouse, when their connection is not defined
+SOURCE_URL_VARIABLES = ("SOURCE_DATABASE_URL",)
+TARGET_URL_VARIABLES = ("TARGET_DATABASE_URL", "DATABASE_URL")
 
 #: returns an Airflow-like connection object (host, port, schema, login, password, extra_dejson) or None
 ConnectionGetter = Callable[[str], object | None]
 
 
-class SettingsError(ValueError):
-    """A setting is missing or malformed; the message names it."""
+class SettingsError(PgreplError, ValueError):
+    """A setting is missing or malformed; the message names it. No retry can fix it."""
+
+    retryable = False
 
 
 @dataclass(frozen=True)
@@ -103,8 +110,6 @@ class ReplicationSettings:
     backup_mode: dict[TableName, TableMode] = field(default_factory=dict)
     restore_fk_constraints: bool = True
     jobs: int = DEFAULT_JOBS
-    schedule: str = DEFAULT_SCHEDULE
-    max_retries: int = DEFAULT_RETRIES
     work_dir: str = ""
     pg_bin_dir: str | None = None
     dump_compression: int = 0
@@ -239,7 +244,7 @@ def _parse_table_mode(entry: object, where: str) -> TableMode:
 def parse_http_url(value: str, name: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise SettingsError(f"{name}: {_redact_url(value)!r} is not an http(s) URL")
+        raise SettingsError(f"{name}: {redact(value)!r} is not an http(s) URL")
     return value.rstrip("/")
 
 
@@ -264,30 +269,18 @@ def parse_notifications(env: Mapping[str, str], name: str = "NOTIFICATIONS") -> 
     return result
 
 
-def _redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, also when the URL is malformed (no scheme ...)."""
-    start = url.find("//")
-    start = start + 2 if start >= 0 else 0
-    end = url.find("/", start)
-    end = len(url) if end < 0 else end
-    at = url.rfind("@", start, end)
-    if at < 0 or ":" not in url[start:at]:
-        return url
-    return url[:start] + url[start:at].split(":", 1)[0] + ":***" + url[at:]
-
-
 def parse_database_url(value: str, name: str) -> PgConn:
     """``postgres[ql]://user:password@host:port/dbname?sslmode=...`` -> :class:`PgConn`."""
     parts = urlsplit(value)
     if parts.scheme not in ("postgres", "postgresql"):
-        raise SettingsError(f"{name}: {_redact_url(value)!r} is not a postgresql:// URL")
+        raise SettingsError(f"{name}: {redact(value)!r} is not a postgresql:// URL")
     try:
         port = parts.port or 5432
     except ValueError:
-        raise SettingsError(f"{name}: the port of {_redact_url(value)!r} is not a number") from None
+        raise SettingsError(f"{name}: the port of {redact(value)!r} is not a number") from None
     dbname = unquote(parts.path.lstrip("/"))
     if not parts.hostname or not dbname or not parts.username:
-        raise SettingsError(f"{name}: {_redact_url(value)!r} must name a user, a host and a database")
+        raise SettingsError(f"{name}: {redact(value)!r} must name a user, a host and a database")
     query = parse_qs(parts.query)
     return PgConn(
         host=parts.hostname,
@@ -338,13 +331,12 @@ def resolve_database(
 def airflow_connection_getter(conn_id: str) -> object | None:
     """Look up an Airflow connection; ``None`` when it is not defined."""
     from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
         return BaseHook.get_connection(conn_id)
-    except Exception as exc:  # AirflowNotFoundException and friends
-        if "isn't defined" in str(exc) or "not found" in str(exc).lower() or type(exc).__name__.endswith("NotFoundException"):
-            return None
-        raise
+    except AirflowNotFoundException:
+        return None
 
 
 def default_work_dir(env: Mapping[str, str]) -> str:
@@ -354,34 +346,42 @@ def default_work_dir(env: Mapping[str, str]) -> str:
 
 # -- sections ------------------------------------------------------------------------------------
 
-def load_replication(env: Mapping[str, str] | None = None, get_connection: ConnectionGetter | None = None) -> ReplicationSettings:
-    """The settings of the nightly ``pg_replication`` DAG."""
+def load_replication(env: Mapping[str, str] | None = None, get_connection: ConnectionGetter | None = None, *,
+                     source_conn_id: str = SOURCE_CONN_ID, target_conn_id: str = TARGET_CONN_ID) -> ReplicationSettings:
+    """The settings of the nightly ``pg_replication`` DAG.
+
+    ``SCHEDULE`` and ``MAX_RETRY_COUNT`` are read by the DAG file at parse time; they are validated here too, so
+    that preflight names a bad value.
+    """
     env = os.environ if env is None else env
     work_dir = _get(env, "REPLICATION_WORK_DIR") or default_work_dir(env)
     if not os.path.isabs(work_dir):
         raise SettingsError(f"REPLICATION_WORK_DIR: {work_dir!r} must be an absolute path")
+    source = resolve_database(env, get_connection, source_conn_id, SOURCE_URL_VARIABLES)
+    target = resolve_database(env, get_connection, target_conn_id, TARGET_URL_VARIABLES)
+    parse_cron(env, "SCHEDULE", DEFAULT_SCHEDULE)
+    parse_int(env, "MAX_RETRY_COUNT", DEFAULT_RETRIES, minimum=0, maximum=100)
     return ReplicationSettings(
-        source=resolve_database(env, get_connection, SOURCE_CONN_ID, ("SOURCE_DATABASE_URL",)),
-        target=resolve_database(env, get_connection, TARGET_CONN_ID, ("TARGET_DATABASE_URL", "DATABASE_URL")),
+        source=source,
+        target=target,
         backup_mode=parse_backup_mode(env),
         restore_fk_constraints=parse_bool(env, "RESTORE_FK_CONSTRAINTS", True),
         jobs=parse_int(env, "PG_RESTORE_JOBS", DEFAULT_JOBS, minimum=1, maximum=64),
-        schedule=parse_cron(env, "SCHEDULE", DEFAULT_SCHEDULE),
-        max_retries=parse_int(env, "MAX_RETRY_COUNT", DEFAULT_RETRIES, minimum=0, maximum=100),
         work_dir=work_dir,
         pg_bin_dir=_get(env, "PG_BIN_DIR"),
         dump_compression=parse_int(env, "PG_DUMP_COMPRESSION", 0, minimum=0, maximum=9),
     )
 
 
-def load_lcms(env: Mapping[str, str] | None = None, get_connection: ConnectionGetter | None = None) -> LcmsSettings | None:
+def load_lcms(env: Mapping[str, str] | None = None, get_connection: ConnectionGetter | None = None, *,
+              conn_id: str = LCMS_CONN_ID) -> LcmsSettings | None:
     """Learning-content API: connection ``lcms_api`` (host = base URL, password = key) or LCMS_API_URL/KEY.
 
     ``None`` when neither is configured (the step is then skipped, saying so).
     """
     env = os.environ if env is None else env
     app = _get(env, "APP") or "pix-db-replication"
-    conn = get_connection(LCMS_CONN_ID) if get_connection else None
+    conn = get_connection(conn_id) if get_connection else None
     if conn is not None:
         host = getattr(conn, "host", None) or ""
         schema = getattr(conn, "schema", None)
@@ -390,8 +390,8 @@ def load_lcms(env: Mapping[str, str] | None = None, get_connection: ConnectionGe
             url = f"{url}:{conn.port}"
         key = getattr(conn, "password", None)
         if not host or not key:
-            raise SettingsError(f"connection {LCMS_CONN_ID}: needs host (the API URL) and password (the API key)")
-        return LcmsSettings(parse_http_url(url, f"connection {LCMS_CONN_ID}"), key, app)
+            raise SettingsError(f"connection {conn_id}: needs host (the API URL) and password (the API key)")
+        return LcmsSettings(parse_http_url(url, f"connection {conn_id}"), key, app)
     url, key = _get(env, "LCMS_API_URL"), _get(env, "LCMS_API_KEY")
     if url is None and key is None:
         return None

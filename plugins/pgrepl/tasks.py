@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
-
-from pgrepl import fullcopy
-from pgrepl.hooks import warehouse
+from pgrepl import fullcopy, swap
+from pgrepl.errors import airflow_errors
 from pgrepl.settings import (
     SettingsError,
     airflow_connection_getter,
@@ -37,25 +35,14 @@ def preflight(run_id: str) -> dict:
     Bad settings, a superuser target, missing tables or a busy warehouse fail without retry; an unreachable
     database is retried (it may be a passing outage).
     """
-    try:
+    with airflow_errors():
         settings = load_replication(get_connection=airflow_connection_getter)
         lcms = load_lcms(get_connection=airflow_connection_getter)
         notifications = parse_notifications(os.environ)
-    except SettingsError as exc:
-        raise AirflowFailException(str(exc)) from None
-    try:
         facts = fullcopy.preflight(settings)
-    except fullcopy.PreflightError as exc:
-        message = str(exc)
-        if "unreachable" in message:
-            raise AirflowException(message) from None
-        raise AirflowFailException(message) from None
-    with settings.target.connect() as db:
-        try:
-            warehouse.acquire_lease(db, run_id)
-        except warehouse.WarehouseBusy as exc:
-            raise AirflowFailException(str(exc)) from None
-        pending = warehouse.swap_in_progress(db)
+        with settings.target.connect() as db:
+            swap.acquire_lease(db, run_id)
+            pending = swap.swap_in_progress(db)
     if pending:
         log.warning("an interrupted restore left schemas %s aside: the restore step will put them back first", pending)
     result = {
@@ -84,6 +71,6 @@ def release(run_id: str) -> bool:
     except SettingsError:
         return False  # preflight failed on settings: no lease was taken
     with settings.target.connect() as db:
-        released = warehouse.release_lease(db, run_id)
+        released = swap.release_lease(db, run_id)
     log.info("lease %s", "released" if released else "was not held by this run")
     return released

@@ -17,12 +17,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
+from pgrepl import sqlfiles
+from pgrepl.errors import PgreplError
 from pgrepl.pgtools import PgConn
 from pgrepl.settings import TableName
 
 
-class VerificationError(RuntimeError):
-    """The warehouse differs from what the copy saw; the message lists every difference."""
+class VerificationError(PgreplError, RuntimeError):
+    """The warehouse differs from what the copy saw; the message lists every difference. A retry would count the
+    same rows."""
+
+    retryable = False
 
     def __init__(self, mismatches: Sequence["Mismatch"]) -> None:
         self.mismatches = list(mismatches)
@@ -80,12 +85,8 @@ def existing_tables(db, keys: Iterable[str]) -> set[str]:
     pairs = [TableName.parse(key) for key in keys]
     if not pairs:
         return set()
-    rows = db.execute(
-        "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND (n.nspname, c.relname) IN "
-        "(SELECT * FROM unnest(%s::text[], %s::text[]))",
-        ([p.schema for p in pairs], [p.name for p in pairs]),
-    ).fetchall()
+    rows = db.execute(sqlfiles.load("warehouse/existing_tables"),
+                      ([p.schema for p in pairs], [p.name for p in pairs])).fetchall()
     return {row[0] for row in rows}
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from pgrepl.settings import retries_or_default, schedule_or_default
+
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILES = sorted((ROOT / "dags").glob("*.py"))
 
@@ -38,7 +40,10 @@ def test_dag_conventions(dagbag, dag_file):
     assert str(dag.timezone) in ("Europe/Paris", "Timezone('Europe/Paris')") or getattr(dag.timezone, "name", "") == "Europe/Paris"
     for task in dag.tasks:
         assert task.owner == "data-engineering", task.task_id
-        assert task.retries is not None
+        # the DAG's MAX_RETRY_COUNT with back-off, or 0 for the tasks a retry cannot help (said in the DAG file)
+        assert task.retries in (0, retries_or_default()), f"{task.task_id}: retries={task.retries}"
+        if task.retries:
+            assert task.retry_exponential_backoff, task.task_id
 
 
 @pytest.mark.parametrize("dag_file", [p.name for p in DAG_FILES])
@@ -71,7 +76,7 @@ def test_missing_template_is_detected(tmp_path):
 
 def test_pg_replication_shape(dagbag):
     dag = dagbag.dags["pg_replication"]
-    assert dag.schedule is not None
+    assert dag.schedule == schedule_or_default()  # SCHEDULE, or the seed's default
     upstream = {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}
     assert upstream["dump"] == ["preflight"]
     assert upstream["restore"] == ["dump"]

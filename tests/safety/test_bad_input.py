@@ -14,7 +14,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from conftest import TEST_PASSWORD, table_fingerprint
 from pgrepl import fullcopy, tasks
-from pgrepl.devenv.sample_data import load_sample
+from devenv.sample_data import load_sample
 from pgrepl.settings import ReplicationSettings
 
 _ids = itertools.count()

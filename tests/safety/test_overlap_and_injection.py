@@ -9,7 +9,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from conftest import TEST_PASSWORD, table_fingerprint
 from pgrepl import fullcopy, tasks
-from pgrepl.hooks import warehouse
+from pgrepl import swap as warehouse
 from pgrepl.incremental import copy_incremental
 from pgrepl.settings import ReplicationSettings, TableName, airflow_connection_getter, load_replication
 
@@ -66,12 +66,38 @@ def test_second_deployment_fails_fast_until_release(source_db, target_db, tmp_pa
 
 
 def test_advisory_lock_keeps_two_writers_apart(target_db):
-    """Even with one lease (a task and its own retry overlapping), only one session writes at a time."""
-    with target_db.connect() as first, target_db.connect() as second:
-        warehouse.lock_warehouse(first, "night")
-        with pytest.raises(warehouse.WarehouseBusy, match="advisory lock held"):
-            warehouse.lock_warehouse(second, "night")
-        first.close()  # the writer ends: its lock goes with its session
+    """Only one session writes at a time: a session holding the lock for something else (or for another run) makes
+    the task fail as busy, retryable, without touching that session."""
+    with target_db.connect() as outsider, target_db.connect() as writer:
+        outsider.execute("SELECT pg_advisory_lock(%s)", (warehouse.ADVISORY_KEY,))
+        with pytest.raises(warehouse.WarehouseBusy, match="advisory lock held") as busy:
+            warehouse.lock_warehouse(writer, "night")
+        assert busy.value.retryable is True
+        assert outsider.execute("SELECT 1").fetchone() == (1,)  # left alone
+        outsider.execute("SELECT pg_advisory_unlock(%s)", (warehouse.ADVISORY_KEY,))
+        warehouse.lock_warehouse(writer, "night")
+        warehouse.release_lease(writer, "night")
+
+
+def test_lock_of_an_earlier_attempt_of_the_run_is_taken_over(target_db):
+    """A worker that died (or a client closed before the server noticed) leaves its session and its lock; the next
+    attempt of the same run ends that session and takes the lock, instead of failing as "warehouse busy"."""
+    import psycopg
+
+    with target_db.connect() as earlier, target_db.connect() as retry:
+        warehouse.lock_warehouse(earlier, "night")
+        warehouse.lock_warehouse(retry, "night")  # the earlier attempt's session is still there: ended
+        assert retry.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()"
+        ).fetchone()[0] == 1
+        with pytest.raises(psycopg.OperationalError):
+            earlier.execute("SELECT 1")
+        warehouse.release_lease(retry, "night")
+    # and a closed (not yet ended) session of an earlier attempt does not make the next one fail either
+    first = target_db.connect()
+    warehouse.lock_warehouse(first, "night")
+    first.close()
+    with target_db.connect() as second:
         warehouse.lock_warehouse(second, "night")
         warehouse.release_lease(second, "night")
 

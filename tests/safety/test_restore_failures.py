@@ -20,7 +20,7 @@ import pytest
 
 from conftest import TEST_PASSWORD, table_fingerprint
 from pgrepl import fullcopy
-from pgrepl.hooks import warehouse
+from pgrepl import swap as warehouse
 from pgrepl.settings import ReplicationSettings
 
 #: rows of the table whose CHECK sleeps on the warehouse: long enough a COPY to hit it mid-way (~2 ms a row)
@@ -115,8 +115,9 @@ def test_rows_refused_by_the_warehouse(night, pg_cluster, source_db, target_db):
     """(a) pg_restore's COPY fails on a CHECK constraint: the run fails, yesterday's warehouse stays."""
     settings, yesterday = night
     add_refused_table(pg_cluster, source_db)
-    with pytest.raises(RuntimeError, match="violates check constraint"):
+    with pytest.raises(RuntimeError, match="violates check constraint") as refused:
         fullcopy.run_full_copy(settings, "refused-night")
+    assert refused.value.retryable is False  # the same rows would be refused at every attempt: no retry
     assert_yesterday(target_db, yesterday)
 
 
@@ -174,8 +175,9 @@ def test_restore_connection_terminated(night, pg_cluster, source_db, target_db):
     settings, yesterday = night
     add_slow_table(source_db)
     thread, terminated = terminate_when_copying(pg_cluster, target_db, everyone=False)
-    with pytest.raises(RuntimeError, match="command failed"):
+    with pytest.raises(RuntimeError, match="command failed") as lost:
         fullcopy.run_full_copy(settings, "terminated-night")
+    assert lost.value.retryable is True  # a lost connection may pass: retried
     thread.join(5)
     assert terminated, "pg_restore finished before its connection could be terminated"
     assert_yesterday(target_db, yesterday)
@@ -214,7 +216,7 @@ def test_every_warehouse_connection_terminated(night, pg_cluster, source_db, tar
 def test_failed_restore_in_a_dag_run(night, pg_cluster, source_db, target_db, tmp_path):
     """(d) ``airflow dags test pg_replication`` with the refused table: the run fails at restore, ``rollback`` runs,
     ``release`` frees the lease, downstream steps never start, and the warehouse is yesterday's."""
-    from pgrepl.devenv import airflow_runner
+    from devenv import airflow_runner
 
     _, yesterday = night
     add_refused_table(pg_cluster, source_db)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pgrepl import fullcopy
-from pgrepl.devenv import demo
+from devenv import demo
 from pgrepl.pgtools import PgConn
 from pgrepl.settings import ReplicationSettings
 
@@ -100,7 +100,7 @@ def test_no_secret_in_logs_rendered_templates_or_metadata(sampled_run, what):
     result, _, workdir = sampled_run
     assert (workdir / "airflow" / "airflow.db").is_file()
     output = Path(result.log_file).read_text()
-    assert "[pgrepl.fullcopy]" in output and "[pgrepl.tasks]" in output, "task log lines missing from the output"
+    assert "[pgrepl.fullcopy.restore_step]" in output and "[pgrepl.tasks]" in output, "task log lines missing from the output"
     assert list((workdir / "work").rglob("pg_restore.log")), "pg_restore log missing"
     assert files_containing(workdir, SECRETS[what]) == []
 

@@ -23,6 +23,7 @@ from typing import Iterable, Mapping
 import psycopg
 from psycopg import sql
 
+from pgrepl.errors import PgreplError
 from pgrepl.learning_content.mapping import PG_TYPE_NAMES, TABLES, Table
 
 STAGING_SUFFIX = "__lc_new"
@@ -32,8 +33,8 @@ ADVISORY_LOCK_KEY = "pgrepl.learning_content"
 log = logging.getLogger(__name__)
 
 
-class LearningContentLoadError(RuntimeError):
-    """The database refused the content; the message names the table."""
+class LearningContentLoadError(PgreplError, RuntimeError):
+    """The database refused the content; the message names the table. Retried (the warehouse may be busy)."""
 
 
 def staging_name(table: Table) -> str:

@@ -32,11 +32,16 @@ from datetime import datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Callable, Iterable, Mapping
 
+from pgrepl.errors import PgreplError
+
 SMALLINT_RANGE = (-32768, 32767)
 
 
-class LearningContentError(ValueError):
-    """The learning content does not fit the declared tables; the message names table, record and field."""
+class LearningContentError(PgreplError, ValueError):
+    """The learning content does not fit the declared tables; the message names table, record and field. No retry:
+    the API serves the same content until someone fixes it."""
+
+    retryable = False
 
 
 @dataclass(frozen=True)
@@ -212,11 +217,6 @@ def extractor(field: Field) -> Callable[[Mapping[str, Any]], Any]:
     if "." not in source:
         return lambda record: record.get(source)
     return lambda record: _lookup(record, source)
-
-
-def extract(record: Mapping[str, Any], field: Field) -> Any:
-    """The raw value of ``field`` in ``record``, per its source expression (no type conversion)."""
-    return extractor(field)(record)
 
 
 def check_declarations(tables: Iterable[Table] = TABLES) -> None:

@@ -5,28 +5,40 @@ They stay thin: the work is in :mod:`pgrepl.fullcopy`, which the benchmarks call
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException
 
 from pgrepl import fullcopy
-from pgrepl.hooks.warehouse import WarehouseBusy
+from pgrepl.errors import airflow_errors
+from pgrepl.settings import SOURCE_CONN_ID, TARGET_CONN_ID
 from pgrepl.task_settings import replication_settings
 
 
 class _ClientCommandOperator(BashOperator):
-    """A BashOperator whose command and environment come from :mod:`pgrepl.fullcopy` at run time."""
+    """A BashOperator whose command and environment come from :mod:`pgrepl.fullcopy` at run time.
+
+    :param source_conn_id: connection of the source (``SOURCE_DATABASE_URL`` when it is not defined)
+    :param target_conn_id: connection of the warehouse (``TARGET_DATABASE_URL`` / ``DATABASE_URL`` when it is not)
+    """
 
     script: str = ""
     #: the timestamped client log written by the script (in ``PGREPL_LOG_DIR``)
     client_log: str = ""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, source_conn_id: str = SOURCE_CONN_ID, target_conn_id: str = TARGET_CONN_ID,
+                 **kwargs: Any) -> None:
         kwargs.setdefault("do_xcom_push", True)
         super().__init__(bash_command=self.script, **kwargs)
+        self.source_conn_id = source_conn_id
+        self.target_conn_id = target_conn_id
+
+    def _settings(self, context):
+        return replication_settings(context, source_conn_id=self.source_conn_id, target_conn_id=self.target_conn_id)
 
     def _runner(self, context):
         def run(script: str, env: dict) -> None:
@@ -39,7 +51,10 @@ class _ClientCommandOperator(BashOperator):
                 log_file = Path(env["PGREPL_LOG_DIR"]) / self.client_log
                 errors = fullcopy.failure_lines(log_file.read_text()) if log_file.exists() else []
                 detail = " | ".join(line.split(" ", 1)[-1] for line in errors[:5]) or str(exc)
-                raise AirflowException(f"{self.client_log.removesuffix('.log')} failed: {detail} (full log: {log_file})") from exc
+                raise fullcopy.ClientCommandError(
+                    f"{self.client_log.removesuffix('.log')} failed: {detail} (full log: {log_file})",
+                    retryable=fullcopy.failure_retryable(errors),
+                ) from exc
 
         return run
 
@@ -56,9 +71,10 @@ class PgDumpOperator(_ClientCommandOperator):
     ui_color = "#d6eaf8"
 
     def execute(self, context) -> dict:
-        settings = replication_settings(context)
+        settings = self._settings(context)
         key = fullcopy.run_key(context["run_id"])
-        result = fullcopy.dump(settings, key, runner=self._runner(context))
+        with airflow_errors():
+            result = fullcopy.dump(settings, key, runner=self._runner(context))
         self.log.info("dumped %s tables in %.1f s into %s", len(result["source_counts"]), result["seconds"], result["dump_dir"])
         return result
 
@@ -76,14 +92,12 @@ class PgRestoreOperator(_ClientCommandOperator):
     ui_color = "#d5f5e3"
 
     def execute(self, context) -> dict:
-        settings = replication_settings(context)
+        settings = self._settings(context)
         key = fullcopy.run_key(context["run_id"])
         dumped = context["ti"].xcom_pull(task_ids="dump") or {}
-        try:
+        with airflow_errors():
             result = fullcopy.restore(settings, key, context["run_id"], runner=self._runner(context),
                                       dump_host=dumped.get("host"))
-        except (fullcopy.PreflightError, WarehouseBusy) as exc:
-            raise AirflowFailException(str(exc)) from None
         self.log.info("restored %s items in %.1f s", result["items"], result["seconds"])
         return result
 
@@ -94,6 +108,8 @@ class WarehouseSQLOperator(BaseOperator):
     ``PG_RESTORE_JOBS`` connections.
 
     :param sql: paths relative to the DAG's ``template_searchpath`` (templated).
+    :param target_conn_id: connection of the warehouse (``TARGET_DATABASE_URL`` / ``DATABASE_URL`` when it is not
+        defined)
     """
 
     template_fields: Sequence[str] = ("sql",)
@@ -101,20 +117,18 @@ class WarehouseSQLOperator(BaseOperator):
     template_fields_renderers = {"sql": "sql"}
     ui_color = "#fcf3cf"
 
-    def __init__(self, *, sql: list[str], **kwargs: Any) -> None:
+    def __init__(self, *, sql: list[str], target_conn_id: str = TARGET_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.sql = sql
         self.files = list(sql)
+        self.target_conn_id = target_conn_id
 
     def execute(self, context) -> dict:
-        settings = replication_settings(context)
-        import time
+        import psycopg
 
+        settings = replication_settings(context, target_conn_id=self.target_conn_id)
         started = time.monotonic()
-        try:
+        # an SQL error in a file (syntax, missing table, constraint) fails at once; a lost connection is retried
+        with airflow_errors("SQL on the warehouse failed: ", catch=(psycopg.Error,)):
             timings = fullcopy.run_sql(settings.target, list(zip(self.files, self.sql)), context["run_id"], settings.jobs)
-        except WarehouseBusy as exc:
-            raise AirflowFailException(str(exc)) from None
-        except Exception as exc:
-            raise AirflowException(f"SQL on the warehouse failed: {exc}") from exc
         return {"seconds": round(time.monotonic() - started, 3), "files": timings}

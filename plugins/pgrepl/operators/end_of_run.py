@@ -16,38 +16,37 @@ from typing import Any
 
 from airflow.providers.http.hooks.http import HttpHook
 from airflow.providers.http.operators.http import HttpOperator
-from airflow.sdk import Connection
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.sdk.log import mask_secret
 
 from pgrepl import report as reporting
+from pgrepl.errors import airflow_errors
+from pgrepl.hooks.webhook import WEBHOOK_CONN_ID, UrlHttpHook
+from pgrepl.hooks.postgres import WarehouseHook
 from pgrepl.notify import CONTENT_TYPE, DEFAULT_TIMEOUT, request_headers, split_url
 from pgrepl.pgtools import PgConn
-from pgrepl.settings import Notification, SettingsError, parse_notifications
-from pgrepl.task_settings import replication_settings
-from pgrepl.verify import VerificationError, expected_from_runs, verify_counts
+from pgrepl.settings import TARGET_CONN_ID, Notification, parse_notifications
+from pgrepl.verify import expected_from_runs, verify_counts
 
 log = logging.getLogger(__name__)
 
 
 def verify_run(dump: Mapping | None, incremental: Iterable[Mapping] | None = None,
-               learning_content: Mapping | None = None, target: PgConn | None = None) -> dict:
+               learning_content: Mapping | None = None, target: PgConn | None = None,
+               target_conn_id: str = TARGET_CONN_ID) -> dict:
     """Compare the warehouse with what the copy saw; ``AirflowFailException`` naming every mismatch.
 
     :param dump: XCom of ``dump`` (``source_counts``)
     :param incremental: XComs of the mapped ``incremental`` task (may be empty or hold ``None``)
     :param learning_content: XCom of ``learning_content`` or ``None`` when skipped
-    :param target: the warehouse; by default from the settings
+    :param target: the warehouse; by default the connection ``target_conn_id`` (or its URL variables)
     """
-    if target is None:
-        target = replication_settings().target
     expected, max_ids = expected_from_runs(dump, list(incremental or []), learning_content)
     if not expected:
         raise AirflowFailException("verify: nothing to check (the dump reported no table counts)")
-    try:
+    with airflow_errors():
+        target = target or WarehouseHook(target_conn_id).get_pgconn()
         result = verify_counts(target, expected, max_ids)
-    except VerificationError as exc:
-        raise AirflowFailException(str(exc)) from None
     log.info("warehouse verified: %s tables, %s rows, as the copy saw them", result["tables"], result["rows"])
     return {"tables": result["tables"], "rows": result["rows"]}
 
@@ -64,17 +63,6 @@ def report_run(dump: Mapping | None, restore: Mapping | None, enrichment: Mappin
     for line in reporting.format_report(result).splitlines():
         log.info("%s", line)
     return result
-
-
-class UrlHttpHook(HttpHook):
-    """An ``HttpHook`` whose base URL is given, not read from an Airflow connection."""
-
-    def __init__(self, base_url: str, **kwargs: Any) -> None:
-        super().__init__(http_conn_id="pgrepl_webhook", **kwargs)
-        self._given_base_url = base_url
-
-    def get_connection(self, conn_id: str) -> Connection:  # type: ignore[override]
-        return Connection(conn_id=conn_id, conn_type="http", host=self._given_base_url)
 
 
 class WebhookOperator(HttpOperator):
@@ -94,7 +82,7 @@ class WebhookOperator(HttpOperator):
                  notifications: Sequence[Notification] | None = None, timeout: float = DEFAULT_TIMEOUT,
                  **kwargs: Any) -> None:
         kwargs.setdefault("method", "POST")
-        kwargs.setdefault("http_conn_id", "pgrepl_webhook")
+        kwargs.setdefault("http_conn_id", WEBHOOK_CONN_ID)
         super().__init__(endpoint=endpoint, data=data, headers=dict(CONTENT_TYPE),
                          extra_options={"timeout": timeout}, **kwargs)
         self.notification = notification
@@ -103,10 +91,8 @@ class WebhookOperator(HttpOperator):
         self._base_url = ""
 
     def _entry(self) -> Notification:
-        try:
+        with airflow_errors():
             entries = list(self.notifications) if self.notifications is not None else parse_notifications(os.environ)
-        except SettingsError as exc:
-            raise AirflowFailException(str(exc)) from None
         index = int(self.notification)
         if index >= len(entries) or entries[index].url != self.endpoint:
             raise AirflowFailException(

@@ -12,7 +12,6 @@ from pgrepl.incremental import (
     check_watermark,
     column_ddl,
     copy_columns,
-    result_summary,
     topological_order,
 )
 from pgrepl.settings import TableName
@@ -75,9 +74,3 @@ def test_bootstrap_column_ddl_drops_sequence_defaults_keeps_others():
     assert render(label) == '"label" text COLLATE pg_catalog."C"'
     assert render(generated) == '"double" integer GENERATED ALWAYS AS ((id * 2)) STORED'
     assert isinstance(column_ddl(serial), sql.Composed)
-
-
-def test_result_summary_line():
-    line = result_summary([{"table": "answers", "mode": "append", "rows_before": 10, "rows_after": 15, "copied": 5,
-                            "seconds": 0.2, "rows_per_second": 25.0}])
-    assert line == "answers: append, 10 -> 15 (+5) in 0.2 s, 25.0 rows/s"

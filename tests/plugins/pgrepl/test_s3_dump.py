@@ -167,7 +167,7 @@ def test_bad_s3_input_fails_before_dumping(dump_env, override, setting, tmp_path
 
 
 def test_unreachable_endpoint_names_the_setting(dump_env):
-    from pgrepl.devenv.cluster import free_port
+    from devenv.cluster import free_port
 
     settings = load_settings({**dump_env, "S3_ENDPOINT": f"127.0.0.1:{free_port()}"})
     with pytest.raises(S3DumpError, match=r"S3_ENDPOINT: cannot reach http://127\.0\.0\.1:\d+") as info:

@@ -21,7 +21,8 @@ def test_defaults_and_urls():
     assert (cfg.target.port, cfg.target.sslmode) == (5432, "require")
     assert cfg.backup_mode == {}
     assert cfg.restore_fk_constraints is True
-    assert cfg.jobs == 4 and cfg.max_retries == 10 and cfg.schedule == "10 5 * * *"
+    assert cfg.jobs == 4
+    assert s.schedule_or_default(base_env()) == "10 5 * * *" and s.retries_or_default(base_env()) == 10
     assert cfg.work_dir == "/opt/airflow/pgrepl-work"
     assert "pw" not in repr(cfg)
 

@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[3] / "plugins"))
+sys.path[:0] = [str(HERE.parents[3] / "plugins"), str(HERE.parents[3])]
 
-from pgrepl.devenv.cluster import Cluster  # noqa: E402
-from pgrepl.devenv.sample_data import load_sample  # noqa: E402
+from devenv.cluster import Cluster  # noqa: E402
+from devenv.sample_data import load_sample  # noqa: E402
 from pgrepl.pgtools import client_env, tool, write_passfile  # noqa: E402
 
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from pgrepl.devenv.lcms_server import load_sample_payload
+from devenv.lcms_server import load_sample_payload
 from pgrepl.learning_content.loader import LearningContentLoadError, replace_tables
 from pgrepl.learning_content.mapping import TABLE_NAMES, TABLES, map_payload
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from pgrepl.devenv.lcms_server import load_sample_payload
+from devenv.lcms_server import load_sample_payload
 from pgrepl.learning_content.mapping import (
     TABLE_NAMES,
     TABLES,

@@ -8,7 +8,7 @@ import os
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from pgrepl.devenv.lcms_server import load_sample_payload
+from devenv.lcms_server import load_sample_payload
 from pgrepl.learning_content.mapping import TABLE_NAMES
 from pgrepl.operators.learning_content import LearningContentOperator
 

@@ -11,25 +11,25 @@ in a log line, an exception message or the connection's URL.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 import tenacity
 
 from airflow.providers.http.hooks.http import HttpHook
 from airflow.sdk import Connection
+from pgrepl.errors import PgreplError
+from pgrepl.redact import redact
 from pgrepl.settings import LCMS_CONN_ID, LcmsSettings
 
 DEFAULT_ENDPOINT = "databases/airtable"
 DEFAULT_TIMEOUT = 180.0
 
 
-class LcmsFetchError(Exception):
-    """The learning content could not be fetched. ``transient``: worth retrying the task later."""
+class LcmsFetchError(PgreplError):
+    """The learning content could not be fetched. ``retryable``: worth retrying the task later (5xx answers,
+    timeouts, refused connections); an HTTP 4xx or a body that is not JSON is not."""
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
+    retryable = False
 
 
 class _ServerError(Exception):
@@ -43,15 +43,6 @@ class _ServerError(Exception):
 _TRANSIENT = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, _ServerError)
 
 
-def redact_url(url: str) -> str:
-    """``url`` without user info and query (which might carry credentials)."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc = f"{netloc}:{parts.port}"
-    return parts._replace(netloc=netloc, query="", fragment="").geturl()
-
-
 class LcmsHook(HttpHook):
     """Fetch the learning content.
 
@@ -60,9 +51,11 @@ class LcmsHook(HttpHook):
     :param retries: extra attempts after a 5xx answer, a timeout or a refused connection
     :param retry_wait: first back-off in seconds; it doubles at each retry
     :param retry_max_wait: upper bound of one back-off
+    :param lcms_conn_id: the connection the settings came from (named in logs)
     """
 
     hook_name = "Learning content API"
+    default_conn_name = LCMS_CONN_ID
 
     def __init__(
         self,
@@ -72,8 +65,9 @@ class LcmsHook(HttpHook):
         retries: int = 3,
         retry_wait: float = 5.0,
         retry_max_wait: float = 60.0,
+        lcms_conn_id: str = LCMS_CONN_ID,
     ) -> None:
-        super().__init__(method="GET", http_conn_id=LCMS_CONN_ID)
+        super().__init__(method="GET", http_conn_id=lcms_conn_id)
         self.settings = settings
         self.timeout = timeout
         self.retries = retries
@@ -111,10 +105,10 @@ class LcmsHook(HttpHook):
     def fetch(self, endpoint: str = DEFAULT_ENDPOINT) -> Any:
         """GET ``endpoint`` and return its JSON body.
 
-        :raises LcmsFetchError: naming the URL and the status / cause; ``transient`` is true when
+        :raises LcmsFetchError: naming the URL and the status / cause; ``retryable`` is true when
             the retries ran out on 5xx answers, timeouts or connection failures.
         """
-        url = redact_url(self.url_from_endpoint(endpoint))
+        url = redact(self.url_from_endpoint(endpoint))
         self.log.info("learning content: GET %s (client %s, timeout %s s)", url, self.settings.app, self.timeout)
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.retries + 1),
@@ -127,7 +121,7 @@ class LcmsHook(HttpHook):
             response = retrying(self._get_once, endpoint)
         except _TRANSIENT as exc:
             raise LcmsFetchError(
-                f"GET {url} failed after {self.retries + 1} attempt(s): {_describe(exc)}", transient=True
+                f"GET {url} failed after {self.retries + 1} attempt(s): {_describe(exc)}", retryable=True
             ) from None
         except requests.exceptions.RequestException as exc:
             raise LcmsFetchError(f"GET {url} failed: {_describe(exc)}") from None

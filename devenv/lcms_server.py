@@ -5,7 +5,7 @@
 401 otherwise, and returns ``(base_url, stop)``: point ``LCMS_API_URL`` at ``base_url``
 (``http://127.0.0.1:<port>/api``) and call ``stop()`` at the end.
 
-Run alone: ``python -m pgrepl.devenv.lcms_server KEY`` prints the URL and serves until Ctrl-C.
+Run alone: ``python -m devenv.lcms_server KEY`` prints the URL and serves until Ctrl-C.
 """
 
 from __future__ import annotations

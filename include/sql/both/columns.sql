@@ -5,7 +5,6 @@ SELECT a.attname::text                                   AS name,
        pg_catalog.format_type(a.atttypid, a.atttypmod)   AS type_sql,
        a.attnotnull                                      AS not_null,
        pg_catalog.pg_get_expr(d.adbin, d.adrelid)        AS default_sql,
-       a.attidentity::text                               AS identity,
        a.attgenerated::text                              AS generated,
        CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation
             THEN pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(co.collname)

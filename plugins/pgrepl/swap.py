@@ -21,28 +21,36 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 
 from psycopg import sql
 
-from pgrepl.catalog import load_sql
+from pgrepl import sqlfiles
+from pgrepl.errors import PgreplError
 
 log = logging.getLogger(__name__)
 
-STATE_SCHEMA = "_pgrepl"
 ASIDE_PREFIX = "_pgrepl_prev_"
 #: key of the session advisory lock held while a task writes the warehouse (advisory locks are per database)
 ADVISORY_KEY = 0x7067_7265_706C  # "pgrepl"
 #: a lease older than this is considered abandoned (a worker died before the release task)
 LEASE_TTL_HOURS = 20
+#: how long a task waits for the advisory lock of an earlier attempt of its run to go (its session is ended first)
+ORPHAN_LOCK_WAIT_SECONDS = 30.0
+#: application_name prefix of the sessions holding the advisory lock: ``pgrepl-lock:<hash of the run id>``
+LOCK_APP_PREFIX = "pgrepl-lock:"
 
 
-class WarehouseBusy(RuntimeError):
-    """Another run holds the warehouse."""
+class WarehouseBusy(PgreplError, RuntimeError):
+    """Another session or run holds the warehouse. Retryable (it is busy now) unless another run holds the lease:
+    that run owns the warehouse until it ends, so this one fails at once."""
 
 
-class SwapError(RuntimeError):
-    """The swap cannot proceed safely; nothing was changed."""
+class SwapError(PgreplError, RuntimeError):
+    """The swap cannot proceed safely; nothing was changed. A retry would meet the same objects."""
+
+    retryable = False
 
 
 def aside_name(schema: str) -> str:
@@ -54,7 +62,7 @@ def aside_name(schema: str) -> str:
 
 def ensure_state(db) -> None:
     """Create ``_pgrepl`` bookkeeping tables if needed (commits)."""
-    db.execute(load_sql("state"))
+    db.execute(sqlfiles.load("warehouse/state"))
     db.commit()
 
 
@@ -79,7 +87,8 @@ def acquire_lease(db, run_id: str) -> None:
         db.rollback()
         raise WarehouseBusy(
             f"another run ({holder}, since {since:%Y-%m-%d %H:%M:%S %Z}) holds the warehouse; "
-            f"this run does not touch it (wait for that run, or fail it in Airflow so its release task frees the lease)"
+            f"this run does not touch it (wait for that run, or fail it in Airflow so its release task frees the lease)",
+            retryable=False,
         )
 
 
@@ -91,13 +100,43 @@ def release_lease(db, run_id: str) -> bool:
     return bool(deleted)
 
 
-def lock_warehouse(db, run_id: str) -> None:
-    """Confirm the lease and take the session advisory lock (held until ``db`` closes)."""
-    acquire_lease(db, run_id)
+def lock_app_name(run_id: str) -> str:
+    """``application_name`` of a session holding the advisory lock for ``run_id`` (at most 63 bytes)."""
+    return LOCK_APP_PREFIX + hashlib.sha1(run_id.encode()).hexdigest()[:24]
+
+
+def _try_lock(db) -> bool:
     got = db.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_KEY,)).fetchone()[0]
     db.commit()
-    if not got:
+    return got
+
+
+def lock_warehouse(db, run_id: str, wait_seconds: float = ORPHAN_LOCK_WAIT_SECONDS) -> None:
+    """Confirm the lease and take the session advisory lock (held until ``db`` closes).
+
+    The session is named after the run (:func:`lock_app_name`). A session of the same run already holding the lock
+    is an orphan of an earlier attempt (a worker that died, a client closed before the server noticed): it is ended
+    and its lock waited for, at most ``wait_seconds``. A holder from elsewhere raises :class:`WarehouseBusy`
+    (retryable: the warehouse is busy right now).
+    """
+    acquire_lease(db, run_id)
+    app = lock_app_name(run_id)
+    db.execute("SELECT pg_catalog.set_config('application_name', %s, false)", (app,))
+    db.commit()
+    if _try_lock(db):
+        return
+    holders = db.execute(sqlfiles.load("warehouse/advisory_lock_holders"), {"key": ADVISORY_KEY}).fetchall()
+    db.commit()
+    if not any(name == app for _pid, name in holders):
         raise WarehouseBusy("another session is writing the warehouse right now (advisory lock held)")
+    stopped = stop_sessions(db, app)
+    log.warning("ended %s session(s) of an earlier attempt of run %s that still held the warehouse lock", stopped, run_id)
+    deadline = time.monotonic() + wait_seconds
+    while not _try_lock(db):
+        if time.monotonic() > deadline:
+            raise WarehouseBusy(f"the warehouse lock of an earlier attempt of run {run_id} was not freed within "
+                                f"{wait_seconds:.0f} s (advisory lock held)")
+        time.sleep(0.05)
 
 
 # -- swap -----------------------------------------------------------------------------------------
@@ -108,7 +147,6 @@ class SwapPlan:
 
     schemas: list[str]
     moved_back: dict[str, list[str]]
-    extensions: dict[str, list[str]]
 
 
 def swap_in_progress(db) -> list[str]:
@@ -124,11 +162,7 @@ _ALTER_BY_KIND = {"r": "TABLE", "p": "TABLE", "f": "FOREIGN TABLE", "v": "VIEW",
 
 
 def _move_relation(db, oid: int, to_schema: str) -> str:
-    relname, kind, current = db.execute(
-        "SELECT c.relname, c.relkind, n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.oid = %s",
-        (oid,),
-    ).fetchone()
+    relname, kind, current = db.execute(sqlfiles.load("warehouse/relation"), (oid,)).fetchone()
     db.execute(
         sql.SQL("ALTER {} {} SET SCHEMA {}").format(
             sql.SQL(_ALTER_BY_KIND[kind]), sql.Identifier(current, relname), sql.Identifier(to_schema)
@@ -138,11 +172,7 @@ def _move_relation(db, oid: int, to_schema: str) -> str:
 
 
 def _copy_schema_acl(db, from_schema: str, to_schema: str) -> None:
-    rows = db.execute(
-        "SELECT a.grantee, a.privilege_type FROM pg_namespace n, aclexplode(n.nspacl) a "
-        "WHERE n.nspname = %s AND a.grantee <> n.nspowner",
-        (from_schema,),
-    ).fetchall()
+    rows = db.execute(sqlfiles.load("warehouse/schema_grants"), (from_schema,)).fetchall()
     for grantee, privilege in rows:
         role = sql.SQL("PUBLIC") if grantee == 0 else sql.Identifier(
             db.execute("SELECT rolname FROM pg_roles WHERE oid = %s", (grantee,)).fetchone()[0]
@@ -150,18 +180,82 @@ def _copy_schema_acl(db, from_schema: str, to_schema: str) -> None:
         db.execute(sql.SQL("GRANT {} ON SCHEMA {} TO {}").format(sql.SQL(privilege), sql.Identifier(to_schema), role))
 
 
+def stop_sessions(db, app_name: str) -> int:
+    """Terminate this role's other sessions named ``app_name`` in this database; return how many. Commits."""
+    stopped = db.execute(sqlfiles.load("warehouse/stop_sessions"), {"app": app_name}).fetchone()[0]
+    db.commit()
+    return stopped
+
+
 def stop_orphan_restores(db, app_name: str = "pgrepl-restore") -> int:
     """Terminate this role's other sessions named ``app_name`` (a pg_restore whose worker died); return how many."""
-    stopped = db.execute(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND application_name = %s AND pid <> pg_backend_pid() "
-        "AND usename = current_user",
-        (app_name,),
-    ).fetchone()[0]
-    db.commit()
+    stopped = stop_sessions(db, app_name)
     if stopped:
         log.warning("stopped %s pg_restore session(s) left running by an earlier attempt", stopped)
     return stopped
+
+
+def _move_aside(db, schema: str, aside: str) -> None:
+    """Rename ``schema`` to ``aside`` and create an empty ``schema`` with the same grants."""
+    db.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(schema), sql.Identifier(aside)))
+    db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    _copy_schema_acl(db, aside, schema)
+
+
+def _bring_back(db, schema: str, aside: str, replaced: set[str], kept: set[str]) -> tuple[list[int], list[str]]:
+    """Move back from ``aside`` into ``schema`` every relation the restore does not replace; ``(oids, names)``.
+
+    Refuses (:class:`SwapError`) when one of them depends on something the restore replaces.
+    """
+    candidates = db.execute(sqlfiles.load("warehouse/movable_relations"), (aside,)).fetchall()
+    replaced_names = replaced - kept
+    moved = [(oid, relname) for oid, relname, _kind in candidates if relname not in replaced_names]
+    # dependencies follow OIDs, so the order of these moves does not matter
+    for oid, _ in moved:
+        _move_relation(db, oid, schema)
+    oids = [oid for oid, _ in moved]
+    if oids:
+        problems = db.execute(sqlfiles.load("warehouse/kept_dependencies"), {"kept": oids, "aside": aside}).fetchall()
+        if problems:
+            detail = "; ".join(f"{kept_rel} needs {needs}" for kept_rel, needs in problems)
+            raise SwapError(f"tables kept in schema {schema} depend on objects the restore replaces: {detail}")
+    return oids, [relname for _, relname in moved]
+
+
+def _move_extensions(db, from_schema: str, to_schema: str) -> list[str]:
+    """Move the relocatable extensions of ``from_schema`` into ``to_schema``; return their names."""
+    moved = []
+    for ext, relocatable in db.execute(sqlfiles.load("warehouse/schema_extensions"), (from_schema,)).fetchall():
+        if relocatable:
+            db.execute(sql.SQL("ALTER EXTENSION {} SET SCHEMA {}").format(sql.Identifier(ext), sql.Identifier(to_schema)))
+            moved.append(ext)
+        else:
+            log.warning("extension %s is not relocatable: it stays in %s during the restore", ext, from_schema)
+    return moved
+
+
+def _swap_schema(db, run_id: str, schema: str, replaced: set[str], kept: set[str]) -> list[str]:
+    """Swap one schema (inside the caller's transaction) and record it in ``_pgrepl.swap``; return what was kept."""
+    aside = aside_name(schema)
+    if _schema_exists(db, aside):
+        raise SwapError(f"schema {aside} exists but no swap is recorded in _pgrepl.swap: "
+                        f"rename or drop it by hand (it may hold an older warehouse)")
+    existed = _schema_exists(db, schema)
+    moved_oids: list[int] = []
+    moved_names: list[str] = []
+    extensions: list[str] = []
+    if existed:
+        _move_aside(db, schema, aside)
+        moved_oids, moved_names = _bring_back(db, schema, aside, replaced, kept)
+        extensions = _move_extensions(db, aside, schema)
+    else:
+        db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    db.execute(
+        "INSERT INTO _pgrepl.swap (schema_name, aside_name, existed, moved_back, extensions, run_id) "
+        "VALUES (%s, %s, %s, %s::oid[], %s, %s)",
+        (schema, aside, existed, moved_oids, extensions, run_id),
+    )
+    return moved_names
 
 
 def prepare_swap(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str, set[str]]) -> SwapPlan:
@@ -175,64 +269,11 @@ def prepare_swap(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str,
     if swap_in_progress(db):
         log.warning("a previous attempt left a swap in progress: putting yesterday's warehouse back first")
         rollback_swap(db)
-    plan = SwapPlan(schemas=sorted(replaced), moved_back={}, extensions={})
+    plan = SwapPlan(schemas=sorted(replaced), moved_back={})
     try:
         for schema in plan.schemas:
-            aside = aside_name(schema)
-            if _schema_exists(db, aside):
-                raise SwapError(f"schema {aside} exists but no swap is recorded in _pgrepl.swap: "
-                                f"rename or drop it by hand (it may hold an older warehouse)")
-            existed = _schema_exists(db, schema)
-            moved_oids: list[int] = []
-            extensions: list[str] = []
-            if existed:
-                db.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(schema), sql.Identifier(aside)))
-                db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-                _copy_schema_acl(db, aside, schema)
-                candidates = db.execute(
-                    """
-                    SELECT c.oid, c.relname, c.relkind FROM pg_class c
-                     WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = %s)
-                       AND c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S')
-                       AND NOT c.relispartition
-                       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
-                                         AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass
-                                         AND d.deptype IN ('a', 'i'))
-                     ORDER BY c.relkind, c.relname
-                    """,
-                    (aside,),
-                ).fetchall()
-                keep_names = kept.get(schema, set())
-                replaced_names = replaced.get(schema, set()) - keep_names
-                moved = [(oid, relname) for oid, relname, _kind in candidates if relname not in replaced_names]
-                moved_oids = [oid for oid, _ in moved]
-                # dependencies follow OIDs, so the order of these moves does not matter
-                for oid in moved_oids:
-                    _move_relation(db, oid, schema)
-                plan.moved_back[schema] = [relname for _, relname in moved]
-                if moved_oids:
-                    problems = db.execute(load_sql("kept_dependencies"), {"kept": moved_oids, "aside": aside}).fetchall()
-                    if problems:
-                        detail = "; ".join(f"{kept_rel} needs {needs}" for kept_rel, needs in problems)
-                        raise SwapError(f"tables kept in schema {schema} depend on objects the restore replaces: {detail}")
-                for (ext, relocatable) in db.execute(
-                    "SELECT extname, extrelocatable FROM pg_extension WHERE extnamespace = "
-                    "(SELECT oid FROM pg_namespace WHERE nspname = %s)", (aside,)
-                ).fetchall():
-                    if relocatable:
-                        db.execute(sql.SQL("ALTER EXTENSION {} SET SCHEMA {}").format(sql.Identifier(ext), sql.Identifier(schema)))
-                        extensions.append(ext)
-                    else:
-                        log.warning("extension %s is not relocatable: it stays in %s during the restore", ext, aside)
-            else:
-                db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-            db.execute(
-                "INSERT INTO _pgrepl.swap (schema_name, aside_name, existed, moved_back, extensions, run_id) "
-                "VALUES (%s, %s, %s, %s::oid[], %s, %s)",
-                (schema, aside, existed, moved_oids, extensions, run_id),
-            )
-            plan.moved_back.setdefault(schema, [])
-            plan.extensions[schema] = extensions
+            plan.moved_back[schema] = _swap_schema(db, run_id, schema, replaced.get(schema, set()),
+                                                   kept.get(schema, set()))
         db.commit()
     except Exception:
         db.rollback()
@@ -278,7 +319,7 @@ def finalize_swap(db) -> list[str]:
     try:
         for schema, aside in rows:
             if _schema_exists(db, aside):
-                lost += [r[0] for r in db.execute(load_sql("lost_dependents"), {"aside": aside}).fetchall()]
+                lost += [r[0] for r in db.execute(sqlfiles.load("warehouse/lost_dependents"), {"aside": aside}).fetchall()]
                 db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(aside)))
             db.execute("DELETE FROM _pgrepl.swap WHERE schema_name = %s", (schema,))
         db.commit()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import glob
 import os
 
+import psycopg
+import psycopg.sql
 import pytest
 
 from pgrepl import fullcopy
-from pgrepl.hooks import warehouse
+from pgrepl import swap as warehouse
 from pgrepl.settings import ReplicationSettings, TableName
 
 
@@ -229,7 +231,11 @@ def test_counts_share_the_dump_snapshot(make_settings, source_db):
             writer.execute("INSERT INTO users (\"firstName\", \"lastName\") VALUES ('late', 'comer')")
             writer.commit()
         assert db.execute("SELECT count(*) FROM users").fetchone()[0] == before
-        assert snapshot
+        # the id pg_dump gets (--snapshot) names this very snapshot: another session importing it sees the same rows
+        with source_db.connect() as other:
+            other.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            other.execute(psycopg.sql.SQL("SET TRANSACTION SNAPSHOT {}").format(psycopg.sql.Literal(snapshot)))
+            assert other.execute("SELECT count(*) FROM users").fetchone()[0] == before
 
 
 def test_failure_lines_pick_errors_out_of_parallel_output():

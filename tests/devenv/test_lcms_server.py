@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import requests
 
-from pgrepl.devenv.lcms_server import load_sample_payload, start_lcms_server
-from pgrepl.learning_content.hook import LcmsFetchError, LcmsHook
+from devenv.lcms_server import load_sample_payload, start_lcms_server
+from pgrepl.hooks.lcms import LcmsFetchError, LcmsHook
 from pgrepl.learning_content.mapping import TABLE_NAMES, map_payload
 from pgrepl.settings import LcmsSettings, load_lcms
 

@@ -8,8 +8,9 @@ import threading
 import pytest
 from werkzeug import Response
 
-from pgrepl.devenv.lcms_server import load_sample_payload
-from pgrepl.learning_content.hook import LcmsFetchError, LcmsHook, redact_url
+from devenv.lcms_server import load_sample_payload
+from pgrepl.hooks.lcms import LcmsFetchError, LcmsHook
+from pgrepl.redact import redact
 from pgrepl.settings import LcmsSettings
 
 KEY = "lcms-Key-7c2e91"
@@ -53,7 +54,7 @@ def test_client_errors_fail_at_once_naming_url_and_status(httpserver, status, wo
     httpserver.expect_request(PATH).respond_with_json({"error": "no"}, status=status)
     with pytest.raises(LcmsFetchError) as info:
         make_hook(httpserver).fetch()
-    assert not info.value.transient
+    assert not info.value.retryable
     assert httpserver.url_for(PATH) in str(info.value)
     for word in words:
         assert word in str(info.value)
@@ -72,7 +73,7 @@ def test_server_errors_exhaust_retries(httpserver):
     httpserver.expect_request(PATH).respond_with_data("boom", status=500)
     with pytest.raises(LcmsFetchError) as info:
         make_hook(httpserver, retries=2).fetch()
-    assert info.value.transient
+    assert info.value.retryable
     assert "HTTP 500" in str(info.value) and "3 attempt(s)" in str(info.value)
     assert httpserver.url_for(PATH) in str(info.value)
     assert len(httpserver.log) == 3
@@ -91,7 +92,7 @@ def test_timeout_is_retried_and_reported(httpserver):
             make_hook(httpserver, timeout=0.3, retries=0).fetch()
     finally:
         release.set()
-    assert info.value.transient
+    assert info.value.retryable
     assert "timed out" in str(info.value) and httpserver.url_for(PATH) in str(info.value)
 
 
@@ -104,7 +105,7 @@ def test_refused_connection_is_transient():
     hook = LcmsHook(LcmsSettings(f"http://127.0.0.1:{port}/api", KEY), retries=1, retry_wait=0.01)
     with pytest.raises(LcmsFetchError, match="connection failed") as info:
         hook.fetch()
-    assert info.value.transient
+    assert info.value.retryable
 
 
 def test_body_that_is_not_json(httpserver):
@@ -112,7 +113,7 @@ def test_body_that_is_not_json(httpserver):
     with pytest.raises(LcmsFetchError, match="body is not JSON") as info:
         make_hook(httpserver).fetch()
     assert "text/html" in str(info.value)
-    assert not info.value.transient
+    assert not info.value.retryable
 
 
 def test_key_never_in_logs_or_errors(httpserver, caplog, capfd):
@@ -127,5 +128,8 @@ def test_key_never_in_logs_or_errors(httpserver, caplog, capfd):
     assert "learning content: GET" in caplog.text + out + err  # the log really was captured
 
 
-def test_redact_url_drops_user_info_and_query():
-    assert redact_url("https://user:pw@lcms.example.org:8443/api/x?token=abc") == "https://lcms.example.org:8443/api/x"
+def test_redact_hides_password_and_query_values():
+    assert redact("https://user:pw@lcms.example.org:8443/api/x?token=abc&b=2") == \
+        "https://user:***@lcms.example.org:8443/api/x?token=***&b=***"
+    assert redact("no scheme u:p@ss@h/db") == "no scheme u:***@h/db"  # a malformed URL too
+    assert redact("https://h:1/a") == "https://h:1/a"

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from pgrepl import sqlfiles
 from pgrepl.pgtools import PgConn
-
-SQL_DIR = Path(__file__).resolve().parents[3] / "include" / "sql" / "sample"
 
 #: rows per table at scale 1 (DESIGN.md, "Data shapes"; issue "Speed")
 SCALE_1 = {
@@ -28,9 +25,9 @@ def load_sample(conn: PgConn, scale: float = 0.002, with_schema: bool = True) ->
     counts = sizes(scale)
     with conn.connect() as db:
         if with_schema:
-            db.execute((SQL_DIR / "schema.sql").read_text())
+            db.execute(sqlfiles.load("sample/schema"))
         for name, rows in counts.items():
             db.execute(f"SET pgrepl.{name} = {int(rows)}")
-        db.execute((SQL_DIR / "data.sql").read_text())
+        db.execute(sqlfiles.load("sample/data"))
         db.commit()
     return counts

@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgrepl.devenv import airflow_runner
-from pgrepl.devenv.cluster import Cluster
-from pgrepl.devenv.lcms_server import start_lcms_server
-from pgrepl.devenv.sample_data import load_sample
-from pgrepl.devenv.webhook_sink import WebhookSink
+from devenv import airflow_runner
+from devenv.cluster import Cluster
+from devenv.lcms_server import start_lcms_server
+from devenv.sample_data import load_sample
+from devenv.webhook_sink import WebhookSink
 
 DEMO_PASSWORD = "demo-Pw-7"  # throwaway clusters only
 DEMO_LCMS_KEY = "demo-lcms-key"

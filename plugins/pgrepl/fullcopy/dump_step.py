@@ -1,0 +1,112 @@
+"""Dump: ``pg_dump`` of the source (directory format, parallel, kept tables excluded) in a snapshot shared with a
+count of every dumped table's rows."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+from pgrepl import catalog
+from pgrepl.errors import PgreplError, is_retryable
+from pgrepl.fullcopy.common import RunPaths, _first_line, client_environment, run_paths, run_script
+from pgrepl.pgtools import tool
+from pgrepl.settings import ReplicationSettings, TableName
+
+# The two client commands. Everything variable comes from the environment (no password among it: PGPASSFILE).
+DUMP_SCRIPT = r"""set -euo pipefail
+rm -rf "$PGREPL_DUMP_DIR"
+mkdir -p "$(dirname "$PGREPL_DUMP_DIR")" "$PGREPL_LOG_DIR"
+excludes=()
+while IFS= read -r pattern; do
+  [ -n "$pattern" ] && excludes+=("--exclude-table=$pattern")
+done <<< "${PGREPL_EXCLUDES:-}"
+"$PGREPL_PG_DUMP" --format=directory --jobs="$PGREPL_JOBS" --compress="$PGREPL_COMPRESS" \
+  --no-owner --no-privileges --verbose \
+  --exclude-schema=information_schema --exclude-schema='pg_*' \
+  ${PGREPL_SNAPSHOT:+--snapshot="$PGREPL_SNAPSHOT"} "${excludes[@]}" \
+  --file="$PGREPL_DUMP_DIR" --dbname="$PGREPL_SOURCE_URL" 2>&1 \
+  | "$PGREPL_PYTHON" -m pgrepl.tslog "$PGREPL_LOG_DIR/pg_dump.log" > /dev/null
+echo "dump written to $PGREPL_DUMP_DIR"
+"""
+
+
+def exclude_pattern(table: TableName) -> str:
+    """A ``pg_dump --exclude-table`` pattern matching exactly this table (quotes make every character literal)."""
+    quote = lambda part: '"' + part.replace('"', '""') + '"'  # noqa: E731
+    return f"{quote(table.schema)}.{quote(table.name)}"
+
+
+def dump_environment(settings: ReplicationSettings, paths: RunPaths, snapshot: str | None) -> dict:
+    """Variables for :data:`DUMP_SCRIPT` (merged into :func:`client_environment`)."""
+    return {
+        "PGREPL_PG_DUMP": tool("pg_dump", settings.pg_bin_dir),
+        "PGREPL_PYTHON": sys.executable,
+        "PGREPL_JOBS": str(settings.jobs),
+        "PGREPL_COMPRESS": str(settings.dump_compression),
+        "PGREPL_DUMP_DIR": str(paths.dump_dir),
+        "PGREPL_LOG_DIR": str(paths.log_dir),
+        "PGREPL_SOURCE_URL": settings.source.safe_url(),
+        "PGREPL_EXCLUDES": "\n".join(exclude_pattern(t) for t in settings.kept_tables),
+        "PGREPL_SNAPSHOT": snapshot or "",
+    }
+
+
+@contextmanager
+def exported_snapshot(settings: ReplicationSettings):
+    """A source transaction whose snapshot pg_dump shares (``--snapshot``); yields ``(connection, snapshot id)``."""
+    db = settings.source.connect(autocommit=True)  # the explicit BEGIN below sets the isolation level
+    try:
+        db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        snapshot = db.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        yield db, snapshot
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+
+
+def dumped_tables(settings: ReplicationSettings, db) -> list[tuple[str, str]]:
+    """``(schema, table)`` of every table whose rows the dump holds."""
+    kept = {(t.schema, t.name) for t in settings.kept_tables}
+    return [(r.schema, r.name) for r in catalog.read_relations(db) if r.is_table and (r.schema, r.name) not in kept]
+
+
+class CountThread(threading.Thread):
+    """Counts the dumped tables' rows in the dump's snapshot while pg_dump runs."""
+
+    def __init__(self, db, tables):
+        super().__init__(name="pgrepl-count", daemon=True)
+        self.db, self.tables, self.counts, self.error = db, tables, {}, None
+
+    def run(self) -> None:
+        try:
+            self.counts = catalog.count_rows(self.db, self.tables)
+        except Exception as exc:  # reported by the caller
+            self.error = exc
+
+
+def dump(settings: ReplicationSettings, key: str, runner=run_script) -> dict:
+    """Dump the source (directory format, parallel, kept tables excluded); count rows in the same snapshot."""
+    paths = run_paths(settings, key)
+    started = time.monotonic()
+    with exported_snapshot(settings) as (db, snapshot):
+        tables = dumped_tables(settings, db)
+        counter = CountThread(db, tables)
+        with client_environment(settings.source, extra=dump_environment(settings, paths, snapshot)) as env:
+            counter.start()
+            try:
+                runner(DUMP_SCRIPT, env)
+            finally:
+                counter.join()
+        if counter.error:
+            raise PgreplError(f"counting the source rows failed: {_first_line(counter.error)}",
+                              retryable=is_retryable(counter.error))
+    return {
+        "host": socket.gethostname(),
+        "dump_dir": str(paths.dump_dir),
+        "log_file": str(paths.log_dir / "pg_dump.log"),
+        "seconds": round(time.monotonic() - started, 3),
+        "source_counts": counter.counts,
+    }
