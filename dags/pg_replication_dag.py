@@ -13,6 +13,7 @@ Replaces the seed's bull queues (`1024pix/pix-db-replication`):
 | `enrichment` | every `include/sql/enrichment/*.sql`, in name order |
 | `incremental_tables` | the `incremental` tables of `BACKUP_MODE`, parents first |
 | `incremental` | one mapped task per `incremental` table: new rows by `id`, streamed with COPY in one transaction |
+| `kept_comments` | the source's table and column comments onto the tables of `BACKUP_MODE` (`RESTORE_COMMENTS`) |
 | `learning_content` | the LCMS API into eight typed tables, swapped atomically (skipped when not configured) |
 | `verify` | warehouse row counts against what the copy saw; emits the `warehouse_refreshed` Asset |
 | `report` | durations and the per-kind `pg_restore` timings (the seed's `parse-replication-logs`) |
@@ -99,6 +100,12 @@ with DAG(
     incremental = PostgresIncrementalOperator.partial(
         task_id="incremental", map_index_template="{{ task.table }}"
     ).expand(table=planned)
+    @task(trigger_rule="none_failed")
+    def kept_comments(run_id: str | None = None, **context) -> dict:
+        """Table and column comments of the kept tables, copied from the source (RESTORE_COMMENTS)."""
+        from pgrepl.tasks import kept_comments as copy_kept_comments
+        return copy_kept_comments(run_id, context)
+
     learning_content = LearningContentOperator(task_id="learning_content", trigger_rule="none_failed")
 
     @task(trigger_rule="none_failed", outlets=[WAREHOUSE_REFRESHED])
@@ -141,7 +148,7 @@ with DAG(
     notify = WebhookOperator.partial(task_id="notify", retries=0).expand_kwargs(requests)
 
     checked >> dump >> restore >> compat_views >> enrichment >> planned
-    incremental >> learning_content >> verified
+    incremental >> kept_comments() >> learning_content >> verified
     restore >> rollback()
     verified >> requests
     [verified, learning_content] >> release()

@@ -9,6 +9,7 @@ Here an index follows the table it is built on, whatever its name.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 #: TOC entry kinds made of several words, longest first (from pg_dump's source)
@@ -27,6 +28,11 @@ MULTI_WORD_DESCS = sorted(
 
 #: kinds whose dumpId line carries no catalog id ("0 0") and whose tag names a sequence
 SEQUENCE_NAMED = ("SEQUENCE SET", "SEQUENCE OWNED BY")
+
+#: ``pg_extension``'s catalog oid: only an extension's owner (a superuser, as a rule) may comment on it
+PG_EXTENSION = 3079
+
+PRECREATED_SCHEMA = "schema created by the restore step"
 
 
 @dataclass(frozen=True)
@@ -113,38 +119,79 @@ def _names_schema(rest: str, schema: str) -> bool:
     return rest == prefix or (rest.startswith(prefix + " ") and " " not in rest[len(prefix) + 1:])
 
 
+def _comment_reason(
+    entry: TocEntry,
+    by_id: Mapping[int, TocEntry],
+    reasons: Mapping[int, str | None],
+    restore_comments: bool,
+    dependencies: Mapping[int, Sequence[int]] | None,
+) -> str | None:
+    """Why a COMMENT entry is left out (None: restored). It follows the object it describes.
+
+    A COMMENT line carries no catalog id (``0 0``); its object is the entry it depends on in ``toc.dat``.
+    """
+    if not restore_comments:
+        return "RESTORE_COMMENTS=false"
+    if dependencies is None:
+        return "comment's object unknown (the dump's dependencies were not read)"
+    targets = [by_id[dep] for dep in dependencies.get(entry.dump_id, ()) if dep in by_id]
+    if len(targets) != 1:
+        # the public schema has no entry of its own in a pg_dump 15+ archive: its comment lands here
+        return "comment on an object the dump does not create (such as schema public)"
+    target = targets[0]
+    if target.classid == PG_EXTENSION:
+        return "comment on an extension (needs the extension's owner)"
+    if target.desc == "SCHEMA" and _names_schema(target.rest, "public"):
+        return "comment on schema public (needs the schema's owner)"
+    target_reason = reasons.get(target.dump_id)
+    if target_reason and not (target.desc == "SCHEMA" and target_reason == PRECREATED_SCHEMA):
+        return f"its {target.desc} is not restored: {target_reason}"
+    return None
+
+
 def filter_restore_list(
     toc_text: str,
     catalog: SourceCatalog,
     excluded_tables: set[int],
     restore_fk_constraints: bool = True,
     precreated_schemas: set[str] | None = None,
+    restore_comments: bool = True,
+    dependencies: Mapping[int, Sequence[int]] | None = None,
 ) -> RestoreList:
     """Choose what ``pg_restore --use-list`` restores.
 
-    Dropped: every COMMENT; FK constraints when ``restore_fk_constraints`` is false; every object that belongs to an
+    Dropped: FK constraints when ``restore_fk_constraints`` is false; every object that belongs to an
     excluded table (the tables of ``BACKUP_MODE``, which the warehouse keeps); FK constraints that reference an
     excluded table, and column defaults that use an excluded table's sequence (on the first night that table
     does not exist yet; later its new rows arrive after the restore);
     ``SCHEMA`` entries of schemas the restore step creates itself.
+
+    A COMMENT follows the object it describes (found through ``dependencies``, by dump id, then by that entry's
+    catalog id): restored with it, left out with it. Always left out: every COMMENT when ``restore_comments`` is
+    false or ``dependencies`` is unknown; comments on extensions (``pg_extension`` objects) and on schema
+    ``public``, which a warehouse role that is not a superuser may not own; comments whose object the dump does
+    not list.
 
     :param toc_text: output of ``pg_restore -l`` on the dump.
     :param catalog: ownership facts read from the source (:class:`SourceCatalog`).
     :param excluded_tables: OIDs (in the source) of the tables left alone.
     :param restore_fk_constraints: the ``RESTORE_FK_CONSTRAINTS`` setting.
     :param precreated_schemas: schema names created before the restore.
+    :param restore_comments: the ``RESTORE_COMMENTS`` setting.
+    :param dependencies: ``{dump id: dump ids it depends on}`` from the dump's ``toc.dat``
+        (:func:`pgrepl.toc.read_dependencies`); without it no COMMENT is restored.
     """
     precreated = precreated_schemas or set()
-    kept: list[TocEntry] = []
-    dropped: list[tuple[TocEntry, str]] = []
-    for entry in parse_toc(toc_text):
+    entries = parse_toc(toc_text)
+    reasons: dict[int, str | None] = {}
+    for entry in entries:
         reason = None
         if entry.desc == "COMMENT":
-            reason = "comments are not restored"
+            continue  # decided below, once its object's fate is known
         elif entry.desc == "FK CONSTRAINT" and not restore_fk_constraints:
             reason = "RESTORE_FK_CONSTRAINTS=false"
         elif entry.desc == "SCHEMA" and any(_names_schema(entry.rest, schema) for schema in precreated):
-            reason = "schema created by the restore step"
+            reason = PRECREATED_SCHEMA
         else:
             if entry.desc in SEQUENCE_NAMED and entry.objid == 0:
                 owner = _named_sequence_owner(entry, catalog)
@@ -161,6 +208,15 @@ def filter_restore_list(
                 if referenced_table in excluded_tables:
                     schema, name = catalog.tables.get(referenced_table, ("?", "?"))
                     reason = f"references kept table {schema}.{name} (missing on the first night, refreshed later)"
+        reasons[entry.dump_id] = reason
+    by_id = {entry.dump_id: entry for entry in entries if entry.desc != "COMMENT"}
+    kept: list[TocEntry] = []
+    dropped: list[tuple[TocEntry, str]] = []
+    for entry in entries:
+        if entry.desc == "COMMENT":
+            reason = _comment_reason(entry, by_id, reasons, restore_comments, dependencies)
+        else:
+            reason = reasons[entry.dump_id]
         if reason:
             dropped.append((entry, reason))
         else:

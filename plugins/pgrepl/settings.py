@@ -109,6 +109,7 @@ class ReplicationSettings:
     #: ``{table: TableMode}``; plain strings given here are turned into :class:`TableMode`
     backup_mode: dict[TableName, TableMode] = field(default_factory=dict)
     restore_fk_constraints: bool = True
+    restore_comments: bool = True
     jobs: int = DEFAULT_JOBS
     work_dir: str = ""
     pg_bin_dir: str | None = None
@@ -366,6 +367,7 @@ def load_replication(env: Mapping[str, str] | None = None, get_connection: Conne
         target=target,
         backup_mode=parse_backup_mode(env),
         restore_fk_constraints=parse_bool(env, "RESTORE_FK_CONSTRAINTS", True),
+        restore_comments=parse_bool(env, "RESTORE_COMMENTS", True),
         jobs=parse_int(env, "PG_RESTORE_JOBS", DEFAULT_JOBS, minimum=1, maximum=64),
         work_dir=work_dir,
         pg_bin_dir=_get(env, "PG_BIN_DIR"),

@@ -29,6 +29,13 @@ def incremental_plan() -> list[str]:
     return tables
 
 
+def kept_comments(run_id: str | None, context=None) -> dict:
+    """The source's table and column comments onto the kept tables (``BACKUP_MODE``), which no restore touches."""
+    from pgrepl.comments import copy_kept_comments
+
+    return copy_kept_comments(replication_settings(context), run_id)
+
+
 def preflight(run_id: str) -> dict:
     """Validate every setting, reach both databases, check tools and roles, take the run lease.
 

@@ -22,6 +22,7 @@ from pgrepl.fullcopy.common import (
 from pgrepl.pgtools import tool
 from pgrepl.restore_list import RestoreList, filter_restore_list
 from pgrepl.settings import ReplicationSettings
+from pgrepl.toc import TocFormatError, read_dependencies
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,15 @@ def build_restore_list(settings: ReplicationSettings, paths: RunPaths) -> tuple[
     if missing:
         raise PreflightError("BACKUP_MODE: the source has no table " + ", ".join(repr(str(t)) for t in missing))
     schemas = set(catalog.dumped_schemas(relations))
+    dependencies = None
+    if settings.restore_comments:
+        try:
+            dependencies = read_dependencies(paths.dump_dir)
+        except (OSError, TocFormatError) as exc:
+            log.warning("comments are not restored tonight: cannot read the dump's dependencies (%s)", exc)
     restore_list = filter_restore_list(
-        toc, source_catalog, set(found.values()), settings.restore_fk_constraints, precreated_schemas=schemas
+        toc, source_catalog, set(found.values()), settings.restore_fk_constraints, precreated_schemas=schemas,
+        restore_comments=settings.restore_comments, dependencies=dependencies,
     )
     paths.list_file.parent.mkdir(parents=True, exist_ok=True)
     paths.list_file.write_text(restore_list.text())

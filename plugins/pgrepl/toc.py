@@ -1,0 +1,113 @@
+"""Dependencies of a dump's TOC entries, read from the ``toc.dat`` of a directory-format dump.
+
+``pg_restore -l`` prints each entry's dump id and catalog id but not what it depends on. A ``COMMENT`` entry
+carries no catalog id at all (``0 0``): the only link to the object it describes is its dependency on that
+object's entry, which only ``toc.dat`` holds. This module reads that link (the archive format of
+``pg_backup_archiver.c``, versions 1.12 to 1.16: pg_dump 9.6 to 17) so the restore list can decide a comment's
+fate from its object's catalog identity, never from the comment's text.
+
+Pure Python over bytes; no PostgreSQL needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MAGIC = b"PGDMP"
+#: archive versions whose TOC layout this reader knows (major, minor)
+SUPPORTED = ((1, 12), (1, 13), (1, 14), (1, 15), (1, 16))
+
+
+class TocFormatError(ValueError):
+    """``toc.dat`` is not an archive this reader understands."""
+
+
+class _Reader:
+    def __init__(self, data: bytes):
+        self.data = data
+        self.pos = 0
+        self.int_size = 4
+
+    def byte(self) -> int:
+        if self.pos >= len(self.data):
+            raise TocFormatError("toc.dat ends early")
+        value = self.data[self.pos]
+        self.pos += 1
+        return value
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise TocFormatError("toc.dat ends early")
+        chunk = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return chunk
+
+    def int(self) -> int:
+        """pg_dump's integer: a sign byte, then ``int_size`` bytes, least significant first."""
+        negative = self.byte()
+        value = int.from_bytes(self.take(self.int_size), "little")
+        return -value if negative else value
+
+    def str(self) -> str | None:
+        length = self.int()
+        if length < 0:
+            return None
+        return self.take(length).decode("utf-8", errors="replace")
+
+
+def parse_dependencies(data: bytes) -> dict[int, tuple[int, ...]]:
+    """``{dump id: dump ids it depends on}`` for every entry of a directory-format ``toc.dat``.
+
+    :raises TocFormatError: not a pg_dump archive, or a version this reader does not know.
+    """
+    r = _Reader(data)
+    if r.take(len(MAGIC)) != MAGIC:
+        raise TocFormatError("toc.dat does not start with PGDMP")
+    version = (r.byte(), r.byte())
+    r.byte()  # revision
+    if version not in SUPPORTED:
+        raise TocFormatError(f"archive version {version[0]}.{version[1]} is not supported by this reader")
+    r.int_size = r.byte()
+    r.byte()  # offset size
+    r.byte()  # format
+    if version >= (1, 15):
+        r.byte()  # compression algorithm
+    else:
+        r.int()  # compression level
+    for _ in range(7):  # creation time: sec, min, hour, mday, mon, year, isdst
+        r.int()
+    r.str()  # database name
+    r.str()  # server version
+    r.str()  # pg_dump version
+    count = r.int()
+    dependencies: dict[int, tuple[int, ...]] = {}
+    for _ in range(count):
+        dump_id = r.int()
+        r.int()  # had dumper
+        r.str()  # table oid
+        r.str()  # oid
+        r.str()  # tag
+        r.str()  # desc
+        r.int()  # section
+        r.str()  # definition
+        r.str()  # drop statement
+        r.str()  # copy statement
+        r.str()  # namespace
+        r.str()  # tablespace
+        if version >= (1, 14):
+            r.str()  # table access method
+        if version >= (1, 16):
+            r.int()  # relkind
+        r.str()  # owner
+        r.str()  # "false" (was WITH OIDS)
+        deps = []
+        while (dep := r.str()) is not None:
+            deps.append(int(dep))
+        dependencies[dump_id] = tuple(deps)
+        r.str()  # directory format: the entry's data file name
+    return dependencies
+
+
+def read_dependencies(dump_dir: str | Path) -> dict[int, tuple[int, ...]]:
+    """:func:`parse_dependencies` of ``<dump_dir>/toc.dat``."""
+    return parse_dependencies((Path(dump_dir) / "toc.dat").read_bytes())
