@@ -82,6 +82,8 @@ def test_pg_replication_shape(dagbag):
     assert upstream["restore"] == ["dump"]
     assert upstream["compat_views"] == ["restore"]
     assert upstream["enrichment"] == ["compat_views"]
+    assert upstream["kept_comments"] == ["incremental"]
+    assert upstream["learning_content"] == ["kept_comments"]
     assert dag.get_task("preflight").retries == 0
     assert dag.get_task("rollback").trigger_rule == "one_failed"
     assert dag.get_task("release").trigger_rule == "all_done"

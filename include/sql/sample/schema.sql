@@ -63,6 +63,7 @@ CREATE TABLE "knowledge-element-snapshots" (
     snapshot jsonb,
     UNIQUE ("userId", "snappedAt")
 );
+COMMENT ON COLUMN "knowledge-element-snapshots"."snappedAt" IS 'when the snapshot was taken';
 
 CREATE TABLE "organization-learners" (
     id serial PRIMARY KEY,

@@ -171,3 +171,23 @@ def test_wrong_catalog_password_fails_clearly(warehouse, catalog):
     with pytest.raises(SchemaExportError, match="password authentication failed") as info:
         export_schema(SchemaExportSettings(warehouse=warehouse, catalog=wrong), log_line=lambda line: None)
     assert "not-the-password" not in str(info.value)
+
+
+def test_export_carries_comments(warehouse, catalog):
+    from psycopg import sql
+
+    tricky = "It's \"quoted\" \\ 100%\nligne 2 : élève, 日本語"
+    with warehouse.connect() as db:
+        db.execute('CREATE MATERIALIZED VIEW "user-count" AS SELECT count(*) AS n FROM users')
+        for target in ('TABLE users', 'COLUMN users."firstName"', 'VIEW "active-users"',
+                       'MATERIALIZED VIEW "user-count"', "INDEX users_email_idx", "FUNCTION answer_count()"):
+            db.execute(sql.SQL("COMMENT ON " + target + " IS {}").format(sql.Literal(f"{target}: {tricky}")))
+        db.commit()
+    export_schema(SchemaExportSettings(warehouse=warehouse, catalog=catalog), log_line=lambda line: None)
+    query = ("SELECT pg_describe_object(classoid, objoid, objsubid), description FROM pg_description "
+             "WHERE objoid >= 16384 ORDER BY 1")
+    with warehouse.connect() as db:
+        expected = db.execute(query).fetchall()
+    with catalog.connect() as db:
+        assert db.execute(query).fetchall() == expected
+    assert ("table users", f"TABLE users: {tricky}") in expected and len(expected) >= 6

@@ -21,6 +21,7 @@ def test_defaults_and_urls():
     assert (cfg.target.port, cfg.target.sslmode) == (5432, "require")
     assert cfg.backup_mode == {}
     assert cfg.restore_fk_constraints is True
+    assert cfg.restore_comments is True
     assert cfg.jobs == 4
     assert s.schedule_or_default(base_env()) == "10 5 * * *" and s.retries_or_default(base_env()) == 10
     assert cfg.work_dir == "/opt/airflow/pgrepl-work"
@@ -54,6 +55,7 @@ def test_airflow_connection_wins_over_env():
         ("BACKUP_MODE", '{"answers": "sometimes"}', "BACKUP_MODE: table 'answers' has unknown mode 'sometimes'"),
         ("BACKUP_MODE", '{"": "none"}', "BACKUP_MODE: empty table name"),
         ("RESTORE_FK_CONSTRAINTS", "maybe", "RESTORE_FK_CONSTRAINTS: expected true or false"),
+        ("RESTORE_COMMENTS", "sometimes", "RESTORE_COMMENTS: expected true or false, got 'sometimes'"),
         ("PG_RESTORE_JOBS", "four", "PG_RESTORE_JOBS: expected a whole number"),
         ("PG_RESTORE_JOBS", "0", "PG_RESTORE_JOBS: expected a whole number between 1 and 64"),
         ("MAX_RETRY_COUNT", "-1", "MAX_RETRY_COUNT: expected a whole number"),

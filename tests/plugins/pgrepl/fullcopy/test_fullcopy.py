@@ -44,8 +44,11 @@ def test_full_copy_equals_source(make_settings, source_db, target_db, fingerprin
     fks = rows(target_db, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'public'::regnamespace")[0][0]
     assert fks == rows(source_db, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'public'::regnamespace")[0][0] > 0
     assert rows(target_db, "SELECT nextval('answers_id_seq') > (SELECT max(id) FROM answers)")[0][0] is True
-    # COMMENTs are not restored
-    assert rows(target_db, "SELECT count(*) FROM pg_description d JOIN pg_class c ON c.oid = d.objoid WHERE c.relnamespace = 'public'::regnamespace")[0][0] == 0
+    # the sample's COMMENTs are restored with their table (tests/plugins/pgrepl/test_comments.py: every kind)
+    comments = "SELECT c.relname, d.objsubid, d.description FROM pg_description d JOIN pg_class c ON c.oid = d.objoid WHERE c.relnamespace = 'public'::regnamespace ORDER BY 1, 2"
+    assert rows(target_db, comments) == rows(source_db, comments) == [
+        ("answers", 2, "what the user answered"), ("knowledge-element-snapshots", 3, "when the snapshot was taken"),
+        ("users", 0, "Pix users")]
     # no leftovers: aside schema dropped, dump folder removed, lease released
     assert rows(target_db, "SELECT count(*) FROM pg_namespace WHERE nspname LIKE '\\_pgrepl\\_prev%'")[0][0] == 0
     assert not glob.glob(os.path.join(make_settings().work_dir, "run1", "dump"))
