@@ -31,9 +31,13 @@ def incremental_plan() -> list[str]:
 
 def kept_comments(run_id: str | None, context=None) -> dict:
     """The source's table and column comments onto the kept tables (``BACKUP_MODE``), which no restore touches."""
+    import psycopg
+
     from pgrepl.comments import copy_kept_comments
 
-    return copy_kept_comments(replication_settings(context), run_id)
+    settings = replication_settings(context)
+    with airflow_errors("kept tables' comments: ", catch=(psycopg.Error,)):
+        return copy_kept_comments(settings, run_id)
 
 
 def preflight(run_id: str) -> dict:
