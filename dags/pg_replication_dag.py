@@ -12,7 +12,7 @@ Replaces the seed's bull queues (`1024pix/pix-db-replication`):
 | `compat_views` | `include/sql/compat/*.sql` |
 | `enrichment` | every `include/sql/enrichment/*.sql`, in name order |
 | `incremental_tables` | the `incremental` tables of `BACKUP_MODE`, parents first |
-| `incremental` | one mapped task per `incremental` table: new rows by `id`, streamed with COPY in one transaction |
+| `incremental` | one mapped task per `incremental` table: new rows by key (and late commits, source deletes), streamed with COPY in one transaction |
 | `kept_comments` | the source's table and column comments onto the tables of `BACKUP_MODE` (`RESTORE_COMMENTS`) |
 | `learning_content` | the LCMS API into eight typed tables, swapped atomically (skipped when not configured) |
 | `verify` | warehouse row counts against what the copy saw; emits the `warehouse_refreshed` Asset |

@@ -37,7 +37,8 @@ def run_summary(dag_id: str, run_id: str, status: str, report: Mapping | None,
     :param report: :func:`pgrepl.report.build_report`'s result (durations, rows restored, restore items)
     :param incremental: the mapped ``incremental`` results (``None`` entries of skipped tables are ignored)
     :param learning_content: ``{"tables": {name: rows}, "seconds": x}`` or ``None`` when skipped
-    :return: ``{"dag_id", "run_id", "status", "durations", "tables", "restore", "learning_content"}``
+    :return: ``{"dag_id", "run_id", "status", "durations", "tables", "restore", "learning_content",
+        "deleted_at_source"}``
     """
     report = report or {}
     durations = {step: _round(seconds) for step, seconds in (report.get("durations") or {}).items()}
@@ -54,6 +55,9 @@ def run_summary(dag_id: str, run_id: str, status: str, report: Mapping | None,
             "rows": result.get("rows_after"),
             "rows_per_second": _round(result.get("rows_per_second")),
         }
+        for name in ("late_copied", "deleted_at_source", "deleted_propagated"):
+            if result.get(name):
+                tables[key][name] = result[name]
     if incremental:
         durations["incremental"] = _round(sum(float(r.get("seconds") or 0) for r in incremental))
     if learning_content:
@@ -71,6 +75,9 @@ def run_summary(dag_id: str, run_id: str, status: str, report: Mapping | None,
         "tables": tables,
         "restore": restore,
         "learning_content": dict((learning_content or {}).get("tables") or {}) or None,
+        # rows deleted at the source that the warehouse keeps ("deletes": "ignore"): reported, not a failure
+        "deleted_at_source": {key: entry["deleted_at_source"] for key, entry in tables.items()
+                              if entry.get("deleted_at_source")},
     }
 
 

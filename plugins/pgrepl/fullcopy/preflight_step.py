@@ -49,6 +49,12 @@ def preflight(settings: ReplicationSettings) -> dict:
             raise PreflightError(
                 "BACKUP_MODE: the source has no table " + ", ".join(repr(str(t)) for t in missing)
             )
+        from pgrepl.incremental import NoUsableKeyError, check_incremental_keys
+
+        try:  # every incremental table has a usable key: one catalog query, before anything changes
+            check_incremental_keys(source, settings.backup_mode)
+        except NoUsableKeyError as exc:
+            raise PreflightError(str(exc)) from None
     try:
         Path(settings.work_dir).mkdir(parents=True, exist_ok=True)
         probe = Path(settings.work_dir) / ".write-probe"

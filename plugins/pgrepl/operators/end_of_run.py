@@ -26,7 +26,7 @@ from pgrepl.hooks.postgres import WarehouseHook
 from pgrepl.notify import CONTENT_TYPE, DEFAULT_TIMEOUT, request_headers, split_url
 from pgrepl.pgtools import PgConn
 from pgrepl.settings import TARGET_CONN_ID, Notification, parse_notifications
-from pgrepl.verify import expected_from_runs, verify_counts
+from pgrepl.verify import expected_from_runs, incremental_findings, verify_counts
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,27 @@ def verify_run(dump: Mapping | None, incremental: Iterable[Mapping] | None = Non
     :param learning_content: XCom of ``learning_content`` or ``None`` when skipped
     :param target: the warehouse; by default the connection ``target_conn_id`` (or its URL variables)
     """
-    expected, max_ids = expected_from_runs(dump, list(incremental or []), learning_content)
+    incremental = list(incremental or [])
+    expected, max_ids = expected_from_runs(dump, incremental, learning_content)
     if not expected:
         raise AirflowFailException("verify: nothing to check (the dump reported no table counts)")
+    found = incremental_findings(incremental)
+    for table, rows in sorted(found["deleted_at_source"].items()):
+        log.warning("table %s: %s row(s) deleted at the source are kept in the warehouse (\"deletes\": \"ignore\"); "
+                    "not a failure", table, rows)
+    for table, rows in sorted(found["deleted_propagated"].items()):
+        log.info("table %s: %s row(s) deleted at the source were deleted in the warehouse", table, rows)
+    for table, rows in sorted(found["late_copied"].items()):
+        log.info("table %s: %s late-committed row(s) below the watermark copied", table, rows)
     with airflow_errors():
         target = target or WarehouseHook(target_conn_id).get_pgconn()
-        result = verify_counts(target, expected, max_ids)
+        result = verify_counts(target, expected, max_ids, found["key_columns"], found["losses"])
     log.info("warehouse verified: %s tables, %s rows, as the copy saw them", result["tables"], result["rows"])
-    return {"tables": result["tables"], "rows": result["rows"]}
+    summary = {"tables": result["tables"], "rows": result["rows"]}
+    for name in ("deleted_at_source", "deleted_propagated"):  # rows per table, only when there are some
+        if found[name]:
+            summary[name] = found[name]
+    return summary
 
 
 def report_run(dump: Mapping | None, restore: Mapping | None, enrichment: Mapping | None,

@@ -1,4 +1,4 @@
-"""``PostgresIncrementalOperator``: one append-only table copied from the source to the warehouse by ``id``."""
+"""``PostgresIncrementalOperator``: one append-only table copied from the source to the warehouse by its key."""
 
 from __future__ import annotations
 
@@ -13,13 +13,17 @@ if TYPE_CHECKING:
 
 
 class PostgresIncrementalOperator(BaseOperator):
-    """Copy the source rows of ``table`` whose ``id`` is above the warehouse's ``max(id)``, in one transaction.
+    """Copy the source rows of ``table`` whose key is above the warehouse's ``max(key)``, in one transaction.
 
-    A table missing or empty in the warehouse is bootstrapped (created from the source definition, every row
-    copied). A warehouse ``max(id)`` above the source's fails the task without copying (the source was rewound);
-    so does a table without an integer ``id``, and so does a constraint the new rows violate; a lost connection is
-    retried. Source and target come from the connections ``source_conn_id`` / ``target_conn_id`` (or their URL
-    variables), read when the task runs.
+    The key is ``BACKUP_MODE``'s ``key``, else an integer ``id``, else the single-column integer primary key. In
+    the same transaction: rows committed late below the watermark are copied, rows deleted at the source are
+    deleted (``"deletes": "propagate"``) or counted, rows missing in the warehouse are copied back and reported
+    (``missing`` in the XCom: ``verify`` fails the run). A table missing or empty in the warehouse is bootstrapped
+    (created from the source definition, a partitioned table with its partitions, every row copied). A warehouse
+    ``max(key)`` above the source's fails the task without copying (the source was rewound); so does a table
+    without a usable key, and so does a constraint the new rows violate; a lost connection is retried. Source and
+    target come from the connections ``source_conn_id`` / ``target_conn_id`` (or their URL variables), read when
+    the task runs.
 
     :param table: ``table`` or ``schema.table``, as in ``BACKUP_MODE`` (templated; mapped over in the DAG)
     :param count_source: also count the source table in the copy's snapshot (``source_count`` in the XCom,
@@ -59,6 +63,7 @@ class PostgresIncrementalOperator(BaseOperator):
                 result = copy_incremental(
                     settings.source, settings.target, table,
                     incremental_tables=settings.incremental_tables, count_source=self.count_source, logger=self.log,
+                    modes=settings.backup_mode,
                 )
             except psycopg.Error as exc:  # a constraint fails at once; network, killed session, restart: retried
                 raise PgreplError(
