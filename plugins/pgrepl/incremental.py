@@ -419,7 +419,7 @@ def _bootstrap_create(src_cur, tgt_cur, table: TableName, columns: list[Column],
     ddl = sql.SQL("CREATE TABLE {table} ({cols})").format(
         table=_ident(table), cols=sql.SQL(", ").join(column_ddl(c) for c in columns))
     if relkind == "p":
-        key_sql = src_cur.execute("SELECT pg_catalog.pg_get_partkeydef(%s::oid)", (src_oid,)).fetchone()[0]
+        key_sql = src_cur.execute(sqlfiles.load("source/partition_key"), {"oid": src_oid}).fetchone()[0]
         ddl += sql.SQL(" PARTITION BY " + key_sql)
     tgt_cur.execute(ddl)
     if relkind != "p":
@@ -471,9 +471,7 @@ def ensure_state(target: PgConn) -> None:
 
 
 def _load_state(tgt_cur, table: TableName) -> dict | None:
-    row = tgt_cur.execute(
-        "SELECT key_column, history, recheck_from, kept_deleted, kept_deleted_sum FROM _pgrepl.incremental_state "
-        "WHERE table_name = %s", (str(table),)).fetchone()
+    row = tgt_cur.execute(sqlfiles.load("warehouse/incremental_state_get"), {"table": str(table)}).fetchone()
     if row is None:
         return None
     key, history, recheck_from, kept, kept_sum = row
@@ -483,13 +481,9 @@ def _load_state(tgt_cur, table: TableName) -> dict | None:
 
 def _save_state(tgt_cur, table: TableName, key: str, history: list[dict], recheck_from: int | None,
                 kept: int, kept_sum: int) -> None:
-    tgt_cur.execute(
-        "INSERT INTO _pgrepl.incremental_state AS s (table_name, key_column, history, recheck_from, kept_deleted, "
-        "kept_deleted_sum, updated_at) VALUES (%s, %s, %s::jsonb, %s, %s, %s, now()) "
-        "ON CONFLICT (table_name) DO UPDATE SET key_column = EXCLUDED.key_column, history = EXCLUDED.history, "
-        "recheck_from = EXCLUDED.recheck_from, kept_deleted = EXCLUDED.kept_deleted, "
-        "kept_deleted_sum = EXCLUDED.kept_deleted_sum, updated_at = now()",
-        (str(table), key, json.dumps(history), recheck_from, kept, kept_sum))
+    tgt_cur.execute(sqlfiles.load("warehouse/incremental_state_put"), {
+        "table": str(table), "key": key, "history": json.dumps(history), "recheck_from": recheck_from,
+        "kept": kept, "kept_sum": kept_sum})
 
 
 def next_recheck_from(history: Sequence[Mapping]) -> tuple[int | None, list[dict]]:
