@@ -183,10 +183,11 @@ class AirflowStack:
                              f"{result.stderr[-3000:]}")
         return result
 
-    def _spawn(self, name: str, *args: str) -> None:
-        log = open(self.home / f"{name}.out", "wb")
-        self.processes[name] = subprocess.Popen([self.airflow, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                cwd=self.home, start_new_session=True)
+    def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+        """Start ``airflow <args>`` in its own process group; output appended to ``<home>/<name>.out``."""
+        log = open(self.home / f"{name}.out", "ab")
+        self.processes[name] = subprocess.Popen([self.airflow, *args], env={**self.env, **(env or {})}, stdout=log,
+                                                stderr=subprocess.STDOUT, cwd=self.home, start_new_session=True)
         log.close()
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -360,8 +361,12 @@ class AirflowStack:
 
         self._poll(f"DAG {dag_id} to be parsed", parsed, timeout)
 
-    def trigger(self, dag_id: str, conf: dict | None = None, run_id: str | None = None) -> str:
-        """``airflow dags trigger`` (the DAG is unpaused first if needed); returns the run id."""
+    def trigger(self, dag_id: str, conf: dict | None = None, run_id: str | None = None,
+                logical_date: datetime | None = None) -> str:
+        """``airflow dags trigger`` (the DAG is unpaused first if needed); returns the run id.
+
+        :param logical_date: the run's logical date (``airflow tasks clear -s/-e`` select runs by it); none by default
+        """
         run_id = run_id or f"harness__{int(time.time() * 1000)}"
         paused = self.query("SELECT is_paused FROM dag WHERE dag_id = :dag_id", dag_id=dag_id)
         if not paused or paused[0][0]:
@@ -369,6 +374,8 @@ class AirflowStack:
         args = ["dags", "trigger", dag_id, "--run-id", run_id]
         if conf is not None:
             args += ["--conf", json.dumps(conf)]
+        if logical_date is not None:
+            args += ["--logical-date", logical_date.isoformat()]
         self.cli(*args)
         return run_id
 

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -82,6 +83,16 @@ def client_environment(*conns: PgConn, extra: dict | None = None, app_name: str 
         yield env
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def worker_hostname() -> str:
+    """This worker's name as Airflow records it on task instances (``[core] hostname_callable``, the FQDN by
+    default), so that a message naming where the dump ran matches the UI; the plain host name outside Airflow."""
+    try:
+        from airflow.sdk.api.client import get_hostname
+    except ImportError:
+        return socket.gethostname()
+    return get_hostname()
 
 
 def _first_line(exc: BaseException) -> str:

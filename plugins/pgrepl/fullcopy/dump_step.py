@@ -3,7 +3,6 @@ count of every dumped table's rows."""
 
 from __future__ import annotations
 
-import socket
 import sys
 import threading
 import time
@@ -11,7 +10,14 @@ from contextlib import contextmanager
 
 from pgrepl import catalog
 from pgrepl.errors import PgreplError, is_retryable
-from pgrepl.fullcopy.common import RunPaths, _first_line, client_environment, run_paths, run_script
+from pgrepl.fullcopy.common import (
+    RunPaths,
+    _first_line,
+    client_environment,
+    run_paths,
+    run_script,
+    worker_hostname,
+)
 from pgrepl.pgtools import tool
 from pgrepl.settings import ReplicationSettings, TableName
 
@@ -104,7 +110,7 @@ def dump(settings: ReplicationSettings, key: str, runner=run_script) -> dict:
             raise PgreplError(f"counting the source rows failed: {_first_line(counter.error)}",
                               retryable=is_retryable(counter.error))
     return {
-        "host": socket.gethostname(),
+        "host": worker_hostname(),
         "dump_dir": str(paths.dump_dir),
         "log_file": str(paths.log_dir / "pg_dump.log"),
         "seconds": round(time.monotonic() - started, 3),

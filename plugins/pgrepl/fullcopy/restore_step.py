@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pgrepl.fullcopy.common import (
     client_environment,
     run_paths,
     run_script,
+    worker_hostname,
 )
 from pgrepl.pgtools import tool
 from pgrepl.restore_list import RestoreList, filter_restore_list
@@ -107,7 +107,7 @@ def restore(settings: ReplicationSettings, key: str, run_id: str, runner=run_scr
     """
     paths = run_paths(settings, key)
     if not paths.dump_dir.is_dir():
-        here = socket.gethostname()
+        here = worker_hostname()
         if dump_host and dump_host != here:
             raise PreflightError(
                 f"no dump at {paths.dump_dir}: the dump ran on {dump_host} and the restore on {here}, so "
