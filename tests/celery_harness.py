@@ -37,6 +37,8 @@ from pathlib import Path
 
 from scheduler_harness import AirflowStack, StackError, free_port
 
+#: the Celery app of Airflow's CeleryExecutor (docker-compose.yaml's worker health check pings it too)
+CELERY_APP = "airflow.providers.celery.executors.celery_executor.app"
 #: what to install when the broker is missing (CI's .ci/run does it)
 REDIS_HINT = "install Debian's redis-server (apt-get install redis-server; .ci/run does it)"
 
@@ -179,9 +181,12 @@ class CeleryStack(AirflowStack):
         if name in self.processes and self.processes[name].poll() is None:
             raise StackError(f"worker {name} is already running")
         self.workers[name] = {"queues": list(queues), "env": dict(env or {})}
-        self._spawn(name, "celery", "worker", "--celery-hostname", name, "--concurrency", "1",
-                    "--queues", ",".join(queues), "--skip-serve-logs", "--pid", str(self.home / f"{name}.pid"),
-                    env={"PGREPL_STACK_WORKER": name, **(env or {})})
+        self._spawn(name, *self.worker_command(name, queues), env={"PGREPL_STACK_WORKER": name, **(env or {})})
+
+    def worker_command(self, name: str, queues: list[str]) -> list[str]:
+        """The ``airflow`` arguments of a worker (log serving off: two workers on one machine, logs on one disk)."""
+        return ["celery", "worker", "--celery-hostname", name, "--concurrency", "1", "--queues", ",".join(queues),
+                "--skip-serve-logs", "--pid", str(self.home / f"{name}.pid")]
 
     def wait_for_workers(self, *names: str, timeout: float = 120) -> None:
         """Until each named worker answers a Celery ping (it consumes its queues)."""
@@ -189,8 +194,7 @@ class CeleryStack(AirflowStack):
 
         def answering():
             result = subprocess.run(
-                [str(Path(self.airflow).parent / "celery"), "--app",
-                 "airflow.providers.celery.executors.celery_executor.app", "inspect", "ping", "--timeout", "2"],
+                [str(Path(self.airflow).parent / "celery"), "--app", CELERY_APP, "inspect", "ping", "--timeout", "2"],
                 env=self.env, capture_output=True, text=True, timeout=60, cwd=self.home)
             return wanted <= {word.rstrip(":") for word in result.stdout.split() if word.startswith("celery@")}
 

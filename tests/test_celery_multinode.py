@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -56,6 +57,20 @@ def url(conn) -> str:
     return f"postgresql://{conn.user}:{TEST_PASSWORD}@{conn.host}:{conn.port}/{conn.dbname}"
 
 
+def replication_env(base: Path, source_url: str, target_url: str) -> dict[str, str]:
+    """pg-replication's settings for every process of the stack: one work folder, shared by both workers."""
+    return {
+        "SOURCE_DATABASE_URL": source_url,
+        "TARGET_DATABASE_URL": target_url,
+        "REPLICATION_WORK_DIR": str(base / "shared-work"),
+        "PG_RESTORE_JOBS": "2",
+        "BACKUP_MODE": json.dumps({table: "incremental" for table in INCREMENTAL}),
+        "MAX_RETRY_COUNT": "0",
+        # only the nights the tests trigger: no run for the cron slot already passed today
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+    }
+
+
 @pytest.fixture(scope="module")
 def celery_databases(pg_cluster):
     """Source (Pix-like sample), warehouse (non-superuser owner) and the Airflow metadata database."""
@@ -78,16 +93,7 @@ def stack(tmp_path_factory, celery_databases):
     dags = base / "dags"
     dags.mkdir()
     (dags / "pg_replication_dag.py").symlink_to(ROOT / "dags" / "pg_replication_dag.py")
-    env = {
-        "SOURCE_DATABASE_URL": url(source),
-        "TARGET_DATABASE_URL": url(target),
-        "REPLICATION_WORK_DIR": str(base / "shared-work"),
-        "PG_RESTORE_JOBS": "2",
-        "BACKUP_MODE": json.dumps({table: "incremental" for table in INCREMENTAL}),
-        "MAX_RETRY_COUNT": "0",
-        # only the nights the tests trigger: no run for the cron slot already passed today
-        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-    }
+    env = replication_env(base, url(source), url(target))
     metadata = f"postgresql+psycopg2://{meta.user}:{TEST_PASSWORD}@{meta.host}:{meta.port}/{meta.dbname}"
     with RedisServer(base / "redis") as redis, \
             CeleryStack(base / "home", dags, broker_url=redis.url, sql_alchemy_conn=metadata, task_queues=QUEUES,

@@ -162,6 +162,34 @@ def test_shared_work_dir_volume(compose, services):
     assert WORK_DIR in init_script and "chown" in init_script
 
 
+def test_the_native_celery_test_runs_what_compose_runs(services, tmp_path):
+    """tests/test_celery_multinode.py runs this stack without Docker: same executor, broker, result backend,
+    worker command and one work folder for every worker. A change on either side must be made on both."""
+    from celery_harness import CELERY_APP, CeleryStack
+    from test_celery_multinode import WORKERS, replication_env
+
+    native = CeleryStack(tmp_path / "home", tmp_path / "dags", broker_url="redis://127.0.0.1:6390/0",
+                         sql_alchemy_conn="postgresql+psycopg2://meta:pw@127.0.0.1:5433/meta",
+                         extra_env=replication_env(tmp_path, "postgresql://s", "postgresql://t"))
+    for env in (native.env, env_of(services["airflow-worker"])):
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://")
+        metadata, backend = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], env["AIRFLOW__CELERY__RESULT_BACKEND"]
+        assert metadata.startswith("postgresql+psycopg2://") and backend.startswith("db+postgresql://")
+        # Celery's results live in the metadata database
+        assert backend.split("@", 1)[1] == metadata.split("@", 1)[1], (backend, metadata)
+        assert env["REPLICATION_WORK_DIR"]
+    # the workers: `airflow celery worker`, the same Celery app as the compose health check
+    assert services["airflow-worker"]["command"].split() == native.worker_command("alpha", ["default"])[:2]
+    assert CELERY_APP in " ".join(services["airflow-worker"]["healthcheck"]["test"])
+    # two workers or more, each with one folder for the dump: the compose volume, the test's shared folder
+    assert len(WORKERS) >= 2 and int(interpolate(str(services["airflow-worker"]["deploy"]["replicas"]))) >= 2
+    assert native.env["REPLICATION_WORK_DIR"] == str(tmp_path / "shared-work")  # no worker of WORKERS overrides it
+    # the image and the test venv install the same celery provider
+    pins = (ROOT / "requirements.txt").read_text()
+    assert re.search(r"^apache-airflow-providers-celery==\S+", pins, re.M), "requirements.txt must pin the celery provider"
+
+
 def test_logs_are_shared(services):
     sources = {mounts_of(services[name]).get("/opt/airflow/logs") for name in AIRFLOW_SERVICES}
     assert len(sources) == 1 and None not in sources
