@@ -159,7 +159,7 @@ class CeleryStack(AirflowStack):
             "AIRFLOW__CELERY__RESULT_BACKEND": backend,
             "AIRFLOW__CORE__HOSTNAME_CALLABLE": "pgrepl_stack_identity.hostname",
             # a task whose worker died is failed after this many seconds without a heartbeat (default 300)
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "15",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
             "PYTHONPATH": os.pathsep.join([str(self.config_dir), env["PYTHONPATH"]]),
         })
@@ -216,8 +216,8 @@ class CeleryStack(AirflowStack):
 
     def stop_worker(self, name: str, timeout: float = 60) -> None:
         """SIGTERM (Celery's warm shutdown: the running task ends first) and wait."""
-        process = self.processes.pop(name)
-        if process.poll() is None:
+        process = self.processes.pop(name, None)
+        if process is not None and process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout=timeout)
