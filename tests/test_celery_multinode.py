@@ -66,8 +66,6 @@ def replication_env(base: Path, source_url: str, target_url: str) -> dict[str, s
         "PG_RESTORE_JOBS": "2",
         "BACKUP_MODE": json.dumps({table: "incremental" for table in INCREMENTAL}),
         "MAX_RETRY_COUNT": "0",
-        # only the nights the tests trigger: no run for the cron slot already passed today
-        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
     }
 
 
