@@ -6,13 +6,14 @@ Replaces the seed's bull queues (`1024pix/pix-db-replication`):
 | step | what it does |
 |---|---|
 | `preflight` | validates every setting, reaches both databases, checks client versions and the target role, takes the run lease |
-| `dump` | `pg_dump` directory format with `--jobs`, tables of `BACKUP_MODE` excluded, rows counted in the same snapshot |
+| `dump` | `pg_dump` directory format with `--jobs`, without the rows of `BACKUP_MODE` tables (their structure is dumped), rows counted in the same snapshot |
 | `restore` | `pg_restore --jobs --no-owner --use-list` behind a schema swap: a failure puts yesterday's warehouse back |
 | `rollback` | only after a failed restore: makes sure yesterday's warehouse is back in place |
 | `compat_views` | `include/sql/compat/*.sql` |
 | `enrichment` | every `include/sql/enrichment/*.sql`, in name order |
 | `incremental_tables` | the `incremental` tables of `BACKUP_MODE`, parents first |
 | `incremental` | one mapped task per `incremental` table: new rows by key (and late commits, source deletes), streamed with COPY in one transaction |
+| `refresh_views` | refreshes the materialized views that read kept tables, now that the incremental rows are in |
 | `kept_comments` | the source's table and column comments onto the tables of `BACKUP_MODE` (`RESTORE_COMMENTS`) |
 | `learning_content` | the LCMS API into eight typed tables, swapped atomically (skipped when not configured) |
 | `verify` | warehouse row counts against what the copy saw; emits the `warehouse_refreshed` Asset |
@@ -100,6 +101,24 @@ with DAG(
     incremental = PostgresIncrementalOperator.partial(
         task_id="incremental", map_index_template="{{ task.table }}"
     ).expand(table=planned)
+
+    @task(trigger_rule="none_failed")
+    def refresh_views(restore_result: dict, run_id: str | None = None) -> dict:
+        """Materialized views reading kept tables: refreshed once the incremental rows are in (the restore created
+        them empty)."""
+        import psycopg
+
+        from pgrepl.errors import airflow_errors
+        from pgrepl.fullcopy import refresh_after_incremental
+        from pgrepl.task_settings import replication_settings
+
+        views = (restore_result or {}).get("refresh_after_incremental") or []
+        # a view that fails to compute fails at once; a lost connection or a busy warehouse is retried
+        with airflow_errors("refreshing materialized views failed: ", catch=(psycopg.Error,)):
+            return refresh_after_incremental(replication_settings(), views, run_id)
+
+    refreshed = refresh_views(restore.output)
+
     @task(trigger_rule="none_failed")
     def kept_comments(run_id: str | None = None, **context) -> dict:
         """Table and column comments of the kept tables, copied from the source (RESTORE_COMMENTS)."""
@@ -148,7 +167,7 @@ with DAG(
     notify = WebhookOperator.partial(task_id="notify", retries=0).expand_kwargs(requests)
 
     checked >> dump >> restore >> compat_views >> enrichment >> planned
-    incremental >> kept_comments() >> learning_content >> verified
+    incremental >> refreshed >> kept_comments() >> learning_content >> verified
     restore >> rollback()
     verified >> requests
     [verified, learning_content] >> release()

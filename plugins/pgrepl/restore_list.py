@@ -67,6 +67,49 @@ class SourceCatalog:
 
 
 @dataclass
+class KeptPlan:
+    """What ``BACKUP_MODE`` means for tonight's restore (see :mod:`pgrepl.table_modes`); all OIDs are the source's.
+
+    :param present: kept tables the warehouse has: none of their entries is restored.
+    :param created: kept tables the warehouse lacks: the restore creates their structure (the dump has no rows of
+        them), except their triggers (the incremental copy would fire them); the incremental step fills them.
+    :param modes: ``oid -> "incremental" | "none"`` of every kept table.
+    :param kept_objects: ``(classid, objid)`` of types, domain constraints and sequences the warehouse keeps with
+        its kept tables (moved back by the swap): their entries are not restored.
+    :param refresh_later: materialized views reading a kept table: their data entry is left out (refreshed after
+        the incremental step).
+    :param relations_by_name: ``(schema, name) -> oid`` for ``TABLE ATTACH`` lines, which carry no catalog id.
+    :param partition_indexes: ``(schema, index name) -> (index oid, constraint oid)`` of partition indexes, for
+        ``INDEX ATTACH`` lines.
+    :param parents: ``partition -> parent table``.
+    """
+
+    present: set[int] = field(default_factory=set)
+    created: set[int] = field(default_factory=set)
+    modes: dict[int, str] = field(default_factory=dict)
+    kept_objects: set[tuple[int, int]] = field(default_factory=set)
+    refresh_later: set[int] = field(default_factory=set)
+    relations_by_name: dict[tuple[str, str], int] = field(default_factory=dict)
+    partition_indexes: dict[tuple[str, str], tuple[int, int | None]] = field(default_factory=dict)
+    parents: dict[int, int] = field(default_factory=dict)
+
+
+def _named(rest: str, names: dict[tuple[str, str], object]):
+    """The value of ``names`` for the ``<schema> <name> [<owner>]`` printed by a line without catalog id (exact
+    names; they may hold spaces, so each split is tried: one dictionary lookup each)."""
+    candidates = [rest]
+    if " " in rest:
+        candidates.append(rest.rsplit(" ", 1)[0])  # without the owner
+    for text in candidates:
+        for i, char in enumerate(text):
+            if char == " ":
+                value = names.get((text[:i], text[i + 1:]))
+                if value is not None:
+                    return value
+    return None
+
+
+@dataclass
 class RestoreList:
     """The filtered list plus why each dropped line was dropped."""
 
@@ -104,13 +147,7 @@ def parse_toc(text: str) -> list[TocEntry]:
 
 def _named_sequence_owner(entry: TocEntry, catalog: SourceCatalog) -> int | None:
     """Owning table of the sequence named by a SEQUENCE SET / OWNED BY line (exact schema and name)."""
-    for (schema, name), table_oid in catalog.sequences.items():
-        prefix = f"{schema} {name} "
-        if entry.rest.startswith(prefix) and " " not in entry.rest[len(prefix):]:
-            return table_oid
-        if entry.rest == f"{schema} {name}":
-            return table_oid
-    return None
+    return _named(entry.rest, catalog.sequences)
 
 
 def _names_schema(rest: str, schema: str) -> bool:
@@ -157,14 +194,18 @@ def filter_restore_list(
     precreated_schemas: set[str] | None = None,
     restore_comments: bool = True,
     dependencies: Mapping[int, Sequence[int]] | None = None,
+    plan: KeptPlan | None = None,
 ) -> RestoreList:
     """Choose what ``pg_restore --use-list`` restores.
 
-    Dropped: FK constraints when ``restore_fk_constraints`` is false; every object that belongs to an
-    excluded table (the tables of ``BACKUP_MODE``, which the warehouse keeps); FK constraints that reference an
-    excluded table, and column defaults that use an excluded table's sequence (on the first night that table
-    does not exist yet; later its new rows arrive after the restore);
-    ``SCHEMA`` entries of schemas the restore step creates itself.
+    Dropped: FK constraints when ``restore_fk_constraints`` is false; every object that belongs to a kept table
+    the warehouse has (``excluded_tables``, the tables of ``BACKUP_MODE``); the triggers of a kept table the
+    restore creates; types, functions and sequences the warehouse keeps with its kept tables; the data of
+    materialized views that read a kept table (refreshed after the incremental step); FK constraints between a
+    kept table and a replaced one, either way (the replaced side is the dump's snapshot, the kept side gets its
+    rows after the restore, and a kept table's FK to a replaced one would go with the old table on the next
+    night), and from a kept table to a ``none`` one (which never gets rows); ``SCHEMA`` entries of schemas the
+    restore step creates itself.
 
     A COMMENT follows the object it describes (found through ``dependencies``, by dump id, then by that entry's
     catalog id): restored with it, left out with it. Always left out: every COMMENT when ``restore_comments`` is
@@ -174,14 +215,29 @@ def filter_restore_list(
 
     :param toc_text: output of ``pg_restore -l`` on the dump.
     :param catalog: ownership facts read from the source (:class:`SourceCatalog`).
-    :param excluded_tables: OIDs (in the source) of the tables left alone.
+    :param excluded_tables: OIDs (in the source) of the kept tables the warehouse has (left alone).
     :param restore_fk_constraints: the ``RESTORE_FK_CONSTRAINTS`` setting.
     :param precreated_schemas: schema names created before the restore.
     :param restore_comments: the ``RESTORE_COMMENTS`` setting.
     :param dependencies: ``{dump id: dump ids it depends on}`` from the dump's ``toc.dat``
         (:func:`pgrepl.toc.read_dependencies`); without it no COMMENT is restored.
+    :param plan: the rest of ``BACKUP_MODE``'s consequences (:class:`KeptPlan`).
     """
     precreated = precreated_schemas or set()
+    plan = plan or KeptPlan()
+    present = set(excluded_tables) | plan.present
+    kept_tables = present | plan.created
+    # partition indexes and constraints that ATTACH PARTITION clones from the kept parent's own
+    cloned: set[tuple[int, int]] = set()
+    for index_oid, constraint_oid in plan.partition_indexes.values():
+        cloned.add((1259, index_oid))
+        if constraint_oid:
+            cloned.add((2606, constraint_oid))
+
+    def name_of(oid: int | None) -> str:
+        schema, name = catalog.tables.get(oid, ("?", "?"))
+        return f"{schema}.{name}"
+
     entries = parse_toc(toc_text)
     reasons: dict[int, str | None] = {}
     for entry in entries:
@@ -192,22 +248,43 @@ def filter_restore_list(
             reason = "RESTORE_FK_CONSTRAINTS=false"
         elif entry.desc == "SCHEMA" and any(_names_schema(entry.rest, schema) for schema in precreated):
             reason = PRECREATED_SCHEMA
+        elif (entry.classid, entry.objid) in plan.kept_objects:
+            reason = "kept in the warehouse with the tables of BACKUP_MODE that use it"
+        elif entry.desc == "MATERIALIZED VIEW DATA" and entry.objid in plan.refresh_later:
+            reason = "reads a kept table: refreshed after the incremental step"
         else:
             if entry.desc in SEQUENCE_NAMED and entry.objid == 0:
                 owner = _named_sequence_owner(entry, catalog)
             elif entry.desc == "TABLE DATA":
                 owner = catalog.owners.get((1259, entry.objid), entry.objid)
+            elif entry.desc == "TABLE ATTACH" and entry.objid == 0:
+                owner = _named(entry.rest, plan.relations_by_name)
+            elif entry.desc == "INDEX ATTACH" and entry.objid == 0:
+                found = _named(entry.rest, plan.partition_indexes)
+                owner = catalog.owners.get((1259, found[0])) if found else None
             else:
                 owner = catalog.owners.get((entry.classid, entry.objid))
-            if owner is not None and owner in excluded_tables:
-                schema, name = catalog.tables.get(owner, ("?", "?"))
-                reason = f"belongs to kept table {schema}.{name}"
-            else:
+            if owner is not None and owner in present:
+                reason = f"belongs to kept table {name_of(owner)}"
+            elif owner is not None and owner in plan.created:
+                new_partition_of_kept = plan.parents.get(owner) in present
+                if entry.desc == "TRIGGER":
+                    reason = f"trigger of kept table {name_of(owner)}, created tonight: the incremental copy would fire it"
+                elif new_partition_of_kept and (
+                        entry.desc == "INDEX ATTACH" or (entry.classid, entry.objid) in cloned):
+                    reason = f"ATTACH PARTITION of {name_of(owner)} to its kept parent builds it"
+            if reason is None and entry.desc == "FK CONSTRAINT":
                 referenced = catalog.references.get((entry.classid, entry.objid))
                 referenced_table = catalog.owners.get((1259, referenced), referenced) if referenced else None
-                if referenced_table in excluded_tables:
-                    schema, name = catalog.tables.get(referenced_table, ("?", "?"))
-                    reason = f"references kept table {schema}.{name} (missing on the first night, refreshed later)"
+                if owner in kept_tables or referenced_table in kept_tables:
+                    allowed = owner in plan.created and referenced_table in kept_tables and (
+                        plan.modes.get(referenced_table) == "incremental" or plan.modes.get(owner) == "none")
+                    if not allowed and owner not in kept_tables:
+                        reason = (f"references kept table {name_of(referenced_table)} (its rows arrive after the "
+                                  "restore, if ever)")
+                    elif not allowed:
+                        reason = (f"FK of kept table {name_of(owner)} to {name_of(referenced_table)}, copied in full "
+                                  "or kept empty (their rows come at different times)")
         reasons[entry.dump_id] = reason
     by_id = {entry.dump_id: entry for entry in entries if entry.desc != "COMMENT"}
     kept: list[TocEntry] = []

@@ -171,6 +171,21 @@ def _move_relation(db, oid: int, to_schema: str) -> str:
     return relname
 
 
+def _move_type(db, oid: int, to_schema: str) -> str:
+    typname, typtype, current = db.execute(sqlfiles.load("warehouse/type"), (oid,)).fetchone()
+    kind = "DOMAIN" if typtype == "d" else "TYPE"
+    db.execute(sql.SQL("ALTER {} {} SET SCHEMA {}").format(
+        sql.SQL(kind), sql.Identifier(current, typname), sql.Identifier(to_schema)))
+    return typname
+
+
+def _move_function(db, oid: int, to_schema: str) -> str:
+    # regprocedure prints the schema-qualified, quoted signature from the catalog
+    signature = db.execute("SELECT %s::oid::regprocedure::text", (oid,)).fetchone()[0]
+    db.execute(sql.SQL("ALTER ROUTINE {} SET SCHEMA {}").format(sql.SQL(signature), sql.Identifier(to_schema)))
+    return signature
+
+
 def _copy_schema_acl(db, from_schema: str, to_schema: str) -> None:
     rows = db.execute(sqlfiles.load("warehouse/schema_grants"), (from_schema,)).fetchall()
     for grantee, privilege in rows:
@@ -204,22 +219,51 @@ def _move_aside(db, schema: str, aside: str) -> None:
 
 def _bring_back(db, schema: str, aside: str, replaced: set[str], kept: set[str]) -> tuple[list[int], list[str]]:
     """Move back from ``aside`` into ``schema`` every relation the restore does not replace; ``(oids, names)``.
-
-    Refuses (:class:`SwapError`) when one of them depends on something the restore replaces.
-    """
+    A partition goes where its parent goes (a kept parent brings all its partitions back)."""
     candidates = db.execute(sqlfiles.load("warehouse/movable_relations"), (aside,)).fetchall()
     replaced_names = replaced - kept
-    moved = [(oid, relname) for oid, relname, _kind in candidates if relname not in replaced_names]
+    parent_of = {oid: parent for oid, _relname, parent in candidates}
+    partitions = {oid for oid, _relname, parent in candidates if parent in parent_of}
+    staying = {oid for oid, relname, _parent in candidates if oid not in partitions and relname not in replaced_names}
+
+    def root_stays(oid: int) -> bool:
+        while oid in partitions:
+            oid = parent_of[oid]
+        return oid in staying
+
+    moved = [(oid, relname) for oid, relname, _parent in candidates if root_stays(oid)]
     # dependencies follow OIDs, so the order of these moves does not matter
     for oid, _ in moved:
         _move_relation(db, oid, schema)
-    oids = [oid for oid, _ in moved]
+    return [oid for oid, _ in moved], [relname for _, relname in moved]
+
+
+def _bring_back_objects(db, schema: str, aside: str, types: dict[str, str],
+                        functions: list[tuple[str, str]]) -> tuple[list[int], list[int], list[str]]:
+    """Move back the types and functions the kept tables use; ``(type oids, function oids, names)``."""
+    if not types and not functions:
+        return [], [], []
+    rows = db.execute(sqlfiles.load("warehouse/movable_objects"), {
+        "schema": aside, "types": list(types), "functions": [name for name, _ in functions],
+        "arguments": [args for _, args in functions]}).fetchall()
+    type_oids, function_oids, names = [], [], []
+    for kind, oid in rows:
+        if kind == "t":
+            names.append(_move_type(db, oid, schema))
+            type_oids.append(oid)
+        else:
+            names.append(_move_function(db, oid, schema))
+            function_oids.append(oid)
+    return type_oids, function_oids, names
+
+
+def _check_kept_dependencies(db, schema: str, aside: str, oids: list[int]) -> None:
+    """:class:`SwapError` when a relation moved back depends on something the restore replaces."""
     if oids:
         problems = db.execute(sqlfiles.load("warehouse/kept_dependencies"), {"kept": oids, "aside": aside}).fetchall()
         if problems:
             detail = "; ".join(f"{kept_rel} needs {needs}" for kept_rel, needs in problems)
             raise SwapError(f"tables kept in schema {schema} depend on objects the restore replaces: {detail}")
-    return oids, [relname for _, relname in moved]
 
 
 def _move_extensions(db, from_schema: str, to_schema: str) -> list[str]:
@@ -234,7 +278,9 @@ def _move_extensions(db, from_schema: str, to_schema: str) -> list[str]:
     return moved
 
 
-def _swap_schema(db, run_id: str, schema: str, replaced: set[str], kept: set[str]) -> list[str]:
+def _swap_schema(db, run_id: str, schema: str, replaced: set[str], kept: set[str],
+                 kept_types: dict[str, str] | None = None, kept_functions: list[tuple[str, str]] | None = None
+                 ) -> list[str]:
     """Swap one schema (inside the caller's transaction) and record it in ``_pgrepl.swap``; return what was kept."""
     aside = aside_name(schema)
     if _schema_exists(db, aside):
@@ -243,27 +289,43 @@ def _swap_schema(db, run_id: str, schema: str, replaced: set[str], kept: set[str
     existed = _schema_exists(db, schema)
     moved_oids: list[int] = []
     moved_names: list[str] = []
+    moved_types: list[int] = []
+    moved_functions: list[int] = []
     extensions: list[str] = []
     if existed:
         _move_aside(db, schema, aside)
         moved_oids, moved_names = _bring_back(db, schema, aside, replaced, kept)
+        moved_types, moved_functions, object_names = _bring_back_objects(
+            db, schema, aside, kept_types or {}, kept_functions or [])
+        moved_names += object_names
+        # extensions before the check: a kept table may use their types (citext ...)
         extensions = _move_extensions(db, aside, schema)
+        _check_kept_dependencies(db, schema, aside, moved_oids)
     else:
         db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     db.execute(
-        "INSERT INTO _pgrepl.swap (schema_name, aside_name, existed, moved_back, extensions, run_id) "
-        "VALUES (%s, %s, %s, %s::oid[], %s, %s)",
-        (schema, aside, existed, moved_oids, extensions, run_id),
+        "INSERT INTO _pgrepl.swap (schema_name, aside_name, existed, moved_back, moved_types, moved_functions, "
+        "extensions, run_id) VALUES (%s, %s, %s, %s::oid[], %s::oid[], %s::oid[], %s, %s)",
+        (schema, aside, existed, moved_oids, moved_types, moved_functions, extensions, run_id),
     )
     return moved_names
 
 
-def prepare_swap(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str, set[str]]) -> SwapPlan:
+def prepare_swap(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str, set[str]],
+                 kept_types: dict[str, dict[str, str]] | None = None,
+                 kept_functions: dict[str, list[tuple[str, str]]] | None = None) -> SwapPlan:
     """Move the live schemas aside and bring back what the restore will not replace; one transaction.
 
     :param replaced: ``{schema: {relation names the dump creates}}`` — every schema of the dump is a key.
-    :param kept: ``{schema: {table names kept by BACKUP_MODE}}`` (moved back even if the dump had them).
+    :param kept: ``{schema: {relation names kept by BACKUP_MODE}}`` (moved back even if the dump had them): kept
+        tables, their partitions, the sequences they share with replaced tables.
+    :param kept_types: ``{schema: {type name: typtype}}`` — enums, domains ... the kept tables use: moved back with
+        them (the restore list leaves their dump entries out).
+    :param kept_functions: ``{schema: [(function name, identity arguments)]}`` their defaults and checks call: the
+        same.
     """
+    kept_types = kept_types or {}
+    kept_functions = kept_functions or {}
     ensure_state(db)
     stop_orphan_restores(db)
     if swap_in_progress(db):
@@ -273,7 +335,8 @@ def prepare_swap(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str,
     try:
         for schema in plan.schemas:
             plan.moved_back[schema] = _swap_schema(db, run_id, schema, replaced.get(schema, set()),
-                                                   kept.get(schema, set()))
+                                                   kept.get(schema, set()), kept_types.get(schema),
+                                                   kept_functions.get(schema))
         db.commit()
     except Exception:
         db.rollback()
@@ -286,14 +349,21 @@ def rollback_swap(db) -> list[str]:
     ensure_state(db)
     stop_orphan_restores(db)
     rows = db.execute(
-        "SELECT schema_name, aside_name, existed, moved_back::int8[], extensions FROM _pgrepl.swap ORDER BY 1"
+        "SELECT schema_name, aside_name, existed, moved_back::int8[], extensions, moved_types::int8[], "
+        "moved_functions::int8[] FROM _pgrepl.swap ORDER BY 1"
     ).fetchall()
     try:
-        for schema, aside, existed, moved_back, extensions in rows:
+        for schema, aside, existed, moved_back, extensions, moved_types, moved_functions in rows:
             if existed and _schema_exists(db, aside):
                 for oid in moved_back:
                     if db.execute("SELECT 1 FROM pg_class WHERE oid = %s", (oid,)).fetchone():
                         _move_relation(db, oid, aside)
+                for oid in moved_types:
+                    if db.execute("SELECT 1 FROM pg_type WHERE oid = %s", (oid,)).fetchone():
+                        _move_type(db, oid, aside)
+                for oid in moved_functions:
+                    if db.execute("SELECT 1 FROM pg_proc WHERE oid = %s", (oid,)).fetchone():
+                        _move_function(db, oid, aside)
                 for ext in extensions:
                     db.execute(sql.SQL("ALTER EXTENSION {} SET SCHEMA {}").format(sql.Identifier(ext), sql.Identifier(aside)))
                 if _schema_exists(db, schema):

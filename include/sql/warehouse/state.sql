@@ -14,3 +14,7 @@ CREATE TABLE IF NOT EXISTS _pgrepl.swap (
     run_id text,
     started_at timestamptz NOT NULL DEFAULT now()
 );
+-- types (enums, domains ...) moved back with the kept tables that use them
+ALTER TABLE _pgrepl.swap ADD COLUMN IF NOT EXISTS moved_types oid[] NOT NULL DEFAULT '{}';
+-- functions moved back with the kept tables whose defaults or checks call them
+ALTER TABLE _pgrepl.swap ADD COLUMN IF NOT EXISTS moved_functions oid[] NOT NULL DEFAULT '{}';

@@ -32,6 +32,7 @@ from pgrepl.fullcopy.restore_step import (
     RESTORE_APP_NAME,
     RESTORE_SCRIPT,
     build_restore_list,
+    refresh_after_incremental,
     restore,
     restore_environment,
     rollback,
@@ -41,7 +42,7 @@ from pgrepl.settings import ReplicationSettings
 
 __all__ = [
     "ClientCommandError", "failure_retryable", "DUMP_SCRIPT", "RESTORE_APP_NAME", "RESTORE_SCRIPT", "PreflightError", "RunPaths", "build_restore_list",
-    "client_environment", "dump", "dump_environment", "exported_snapshot", "failure_lines", "preflight", "restore",
+    "client_environment", "dump", "refresh_after_incremental", "dump_environment", "exported_snapshot", "failure_lines", "preflight", "restore",
     "restore_environment", "rollback", "run_full_copy", "run_key", "run_paths", "run_script", "run_sql", "sql_groups",
 ]
 
@@ -71,4 +72,5 @@ def run_full_copy(settings: ReplicationSettings, key: str, run_id: str | None = 
         "enrichment_seconds": round(enrichment_seconds, 3),
         "total_seconds": round(time.monotonic() - started, 3),
         "source_counts": dumped["source_counts"],
+        "refresh_after_incremental": restored["refresh_after_incremental"],
     }

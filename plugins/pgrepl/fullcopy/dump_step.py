@@ -1,5 +1,5 @@
-"""Dump: ``pg_dump`` of the source (directory format, parallel, kept tables excluded) in a snapshot shared with a
-count of every dumped table's rows."""
+"""Dump: ``pg_dump`` of the source (directory format, parallel, without the rows of the kept tables and of their
+partitions: their structure is dumped) in a snapshot shared with a count of every dumped table's rows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-from pgrepl import catalog
+from pgrepl import catalog, table_modes
 from pgrepl.errors import PgreplError, is_retryable
 from pgrepl.fullcopy.common import (
     RunPaths,
@@ -27,7 +27,7 @@ rm -rf "$PGREPL_DUMP_DIR"
 mkdir -p "$(dirname "$PGREPL_DUMP_DIR")" "$PGREPL_LOG_DIR"
 excludes=()
 while IFS= read -r pattern; do
-  [ -n "$pattern" ] && excludes+=("--exclude-table=$pattern")
+  [ -n "$pattern" ] && excludes+=("--exclude-table-data=$pattern")
 done <<< "${PGREPL_EXCLUDES:-}"
 "$PGREPL_PG_DUMP" --format=directory --jobs="$PGREPL_JOBS" --compress="$PGREPL_COMPRESS" \
   --no-owner --no-privileges --verbose \
@@ -45,8 +45,14 @@ def exclude_pattern(table: TableName) -> str:
     return f"{quote(table.schema)}.{quote(table.name)}"
 
 
-def dump_environment(settings: ReplicationSettings, paths: RunPaths, snapshot: str | None) -> dict:
-    """Variables for :data:`DUMP_SCRIPT` (merged into :func:`client_environment`)."""
+def dump_environment(settings: ReplicationSettings, paths: RunPaths, snapshot: str | None,
+                     kept_tables: list[TableName] | None = None) -> dict:
+    """Variables for :data:`DUMP_SCRIPT` (merged into :func:`client_environment`).
+
+    :param kept_tables: tables whose rows the dump leaves out (their structure is dumped): the ``BACKUP_MODE``
+        tables and all their partitions (default: the ``BACKUP_MODE`` tables alone).
+    """
+    kept_tables = settings.kept_tables if kept_tables is None else kept_tables
     return {
         "PGREPL_PG_DUMP": tool("pg_dump", settings.pg_bin_dir),
         "PGREPL_PYTHON": sys.executable,
@@ -55,7 +61,7 @@ def dump_environment(settings: ReplicationSettings, paths: RunPaths, snapshot: s
         "PGREPL_DUMP_DIR": str(paths.dump_dir),
         "PGREPL_LOG_DIR": str(paths.log_dir),
         "PGREPL_SOURCE_URL": settings.source.safe_url(),
-        "PGREPL_EXCLUDES": "\n".join(exclude_pattern(t) for t in settings.kept_tables),
+        "PGREPL_EXCLUDES": "\n".join(exclude_pattern(t) for t in kept_tables),
         "PGREPL_SNAPSHOT": snapshot or "",
     }
 
@@ -73,10 +79,18 @@ def exported_snapshot(settings: ReplicationSettings):
         db.close()
 
 
-def dumped_tables(settings: ReplicationSettings, db) -> list[tuple[str, str]]:
+def kept_relations(settings: ReplicationSettings, db, relations=None) -> tuple[list, table_modes.ModePlan]:
+    """The source's relations and every table ``BACKUP_MODE`` covers (partitions included)."""
+    relations = catalog.read_relations(db) if relations is None else relations
+    facts = table_modes.read_source_facts(db) if settings.kept_tables else table_modes.SourceFacts()
+    return relations, table_modes.plan_modes(settings, relations, facts)
+
+
+def dumped_tables(settings: ReplicationSettings, db, relations=None, plan=None) -> list[tuple[str, str]]:
     """``(schema, table)`` of every table whose rows the dump holds."""
-    kept = {(t.schema, t.name) for t in settings.kept_tables}
-    return [(r.schema, r.name) for r in catalog.read_relations(db) if r.is_table and (r.schema, r.name) not in kept]
+    if plan is None:
+        relations, plan = kept_relations(settings, db, relations)
+    return [(r.schema, r.name) for r in relations if r.is_table and r.oid not in plan.kept]
 
 
 class CountThread(threading.Thread):
@@ -94,13 +108,15 @@ class CountThread(threading.Thread):
 
 
 def dump(settings: ReplicationSettings, key: str, runner=run_script) -> dict:
-    """Dump the source (directory format, parallel, kept tables excluded); count rows in the same snapshot."""
+    """Dump the source (directory format, parallel, kept tables' rows left out); count rows in the same snapshot."""
     paths = run_paths(settings, key)
     started = time.monotonic()
     with exported_snapshot(settings) as (db, snapshot):
-        tables = dumped_tables(settings, db)
+        relations, plan = kept_relations(settings, db)
+        tables = dumped_tables(settings, db, relations, plan)
         counter = CountThread(db, tables)
-        with client_environment(settings.source, extra=dump_environment(settings, paths, snapshot)) as env:
+        extra = dump_environment(settings, paths, snapshot, plan.table_names())
+        with client_environment(settings.source, extra=extra) as env:
             counter.start()
             try:
                 runner(DUMP_SCRIPT, env)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pgrepl import catalog, sqlfiles
+from pgrepl import catalog, sqlfiles, table_modes
 from pgrepl.fullcopy.common import PreflightError, _first_line
 from pgrepl.pgtools import PgToolError, tool, tool_major_version
 from pgrepl.settings import ReplicationSettings
@@ -55,6 +55,8 @@ def preflight(settings: ReplicationSettings) -> dict:
             check_incremental_keys(source, settings.backup_mode)
         except NoUsableKeyError as exc:
             raise PreflightError(str(exc)) from None
+        if settings.kept_tables:
+            check_table_modes(settings, relations, table_modes.read_source_facts(source))
     try:
         Path(settings.work_dir).mkdir(parents=True, exist_ok=True)
         probe = Path(settings.work_dir) / ".write-probe"
@@ -63,3 +65,10 @@ def preflight(settings: ReplicationSettings) -> dict:
     except OSError as exc:
         raise PreflightError(f"REPLICATION_WORK_DIR: {settings.work_dir} is not writable ({exc.strerror})") from None
     return {"server_major": server_major, "relations": len(relations)}
+
+
+def check_table_modes(settings: ReplicationSettings, relations, facts) -> None:
+    """:class:`PreflightError` listing, one per line, each ``BACKUP_MODE`` entry the copy cannot honour."""
+    lines = table_modes.problems(settings, relations, facts)
+    if lines:
+        raise PreflightError("\n".join(lines))

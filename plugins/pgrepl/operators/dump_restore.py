@@ -60,7 +60,8 @@ class _ClientCommandOperator(BashOperator):
 
 
 class PgDumpOperator(_ClientCommandOperator):
-    """``pg_dump`` of the source: directory format, ``--jobs``, tables kept by ``BACKUP_MODE`` excluded, in a snapshot
+    """``pg_dump`` of the source: directory format, ``--jobs``, rows of the tables ``BACKUP_MODE`` keeps (and of their
+    partitions) left out, their structure kept, in a snapshot
     shared with a row count of every dumped table (for verification).
 
     Returns ``{"dump_dir", "log_file", "seconds", "source_counts"}``.
@@ -84,7 +85,8 @@ class PgRestoreOperator(_ClientCommandOperator):
 
     The live schemas are moved aside first; on any failure they are put back (yesterday's warehouse stays
     readable), on success they are dropped and the dump folder removed.
-    Returns ``{"seconds", "log_file", "items", "skipped", "kept_in_place", "dropped_with_old_tables"}``.
+    Returns ``{"seconds", "log_file", "items", "skipped", "kept_in_place", "dropped_with_old_tables",
+    "refresh_after_incremental"}`` (the materialized views ``refresh_views`` refreshes).
     """
 
     script = fullcopy.RESTORE_SCRIPT

@@ -117,8 +117,10 @@ def test_kept_table_missing_in_the_warehouse_is_skipped(make_settings, commented
     settings = make_settings(backup_mode={TableName("public", "answers"): "none",
                                           TableName("public", "users"): "none"})
     fullcopy.run_full_copy(make_settings(backup_mode={TableName("public", "answers"): "none"}), "night1")
-    # answers was never in the warehouse (kept from the first night); users was restored without its comment
+    # answers is not in the warehouse (the first night created it, empty, then someone dropped it); users was
+    # restored without its comment
     with target_db.connect() as db:
+        db.execute("DROP TABLE answers CASCADE")
         db.execute("COMMENT ON TABLE users IS NULL")
         db.commit()
     result = comments.copy_kept_comments(settings)

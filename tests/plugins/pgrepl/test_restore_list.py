@@ -114,8 +114,9 @@ def test_excluding_answers_keeps_answers_archive():
     # FKs of replaced tables that point at the kept table go too: its new rows arrive after the restore
     assert reasons[3282].startswith("references kept table public.answers")
     assert reasons[3280].startswith("references kept table public.answers")
-    # a default of a replaced table that uses the kept table's sequence (answers_id_seq, oid 200)
-    assert reasons[3244].startswith("references kept table public.answers")
+    # a default of a replaced table that uses the kept table's sequence (answers_id_seq, oid 200) is restored: the
+    # sequence is there, kept with its table (or created with it on the first night)
+    assert 3244 in kept
 
 
 def test_quoted_and_mixed_case_names():
@@ -140,3 +141,75 @@ def test_list_text_is_pg_restore_input():
     assert lines[0].startswith("5; 2615 2200 SCHEMA")
     assert all(not line.startswith(";") for line in lines)
     assert len(lines) == len(result.kept)
+
+
+# -- BACKUP_MODE on partitions, shared types, materialized views (pg_restore 15's TOC of the shop fixture) --------
+
+SHOP_TOC = """\
+855; 1247 16387 TYPE public order_status o
+214; 1259 16396 SEQUENCE public shared_number_seq o
+218; 1259 16408 TABLE public orders o
+223; 1259 16451 TABLE public events o
+224; 1259 16457 TABLE public events_2024_01 o
+229; 1259 16494 MATERIALIZED VIEW public daily_events o
+3260; 0 0 TABLE ATTACH public events_2024_01 o
+3293; 2606 16462 CONSTRAINT public events_2024_01 events_2024_01_pkey o
+3290; 1259 16482 INDEX public events_2024_01_kind_idx o
+3291; 1259 16485 INDEX public events_2024_01_order_idx o
+3300; 0 0 INDEX ATTACH public events_2024_01_kind_idx o
+3301; 0 0 INDEX ATTACH public events_2024_01_pkey o
+3270; 2620 16600 TRIGGER public orders orders_audit o
+3306; 2606 16421 FK CONSTRAINT public orders orders_customer_id_fkey o
+3307; 2606 16436 FK CONSTRAINT public order_lines order_lines_order_id_fkey o
+3308; 2606 16437 FK CONSTRAINT public events events_order_fkey o
+3480; 0 0 SEQUENCE SET public shared_number_seq o
+3463; 0 16494 MATERIALIZED VIEW DATA public daily_events o
+"""
+SHOP = SourceCatalog(
+    owners={(1259, 16408): 16408, (1259, 16451): 16451, (1259, 16457): 16457, (1259, 16494): 16494,
+            (2606, 16462): 16457, (1259, 16482): 16457, (1259, 16485): 16457, (1259, 16486): 16457,
+            (2620, 16600): 16408, (2606, 16421): 16408, (2606, 16436): 16428, (2606, 16437): 16451},
+    references={(2606, 16421): 16398, (2606, 16436): 16408, (2606, 16437): 16408},
+    tables={16408: ("public", "orders"), 16451: ("public", "events"), 16457: ("public", "events_2024_01"),
+            16398: ("public", "customers"), 16428: ("public", "order_lines")},
+)
+PARTITION_INDEXES = {("public", "events_2024_01_kind_idx"): (16482, None), ("public", "events_2024_01_pkey"): (16486, 16462)}
+
+
+def shop_plan(**kwargs):
+    from pgrepl.restore_list import KeptPlan
+
+    base = dict(modes={16408: "incremental", 16451: "incremental", 16457: "incremental"},
+                relations_by_name={("public", "events_2024_01"): 16457}, partition_indexes=PARTITION_INDEXES,
+                parents={16457: 16451})
+    return KeptPlan(**{**base, **kwargs})
+
+
+def test_first_night_restores_kept_structure_without_triggers_and_cross_fks():
+    plan = shop_plan(created={16408, 16451, 16457}, refresh_later={16494})
+    result = filter_restore_list(SHOP_TOC, SHOP, set(), plan=plan)
+    kept, reasons = ids(result), {e.dump_id: r for e, r in result.dropped}
+    # tables, partition, ATTACH lines, partition indexes: created tonight
+    assert {218, 223, 224, 3260, 3293, 3290, 3291, 3300, 3301, 855, 214, 3480, 229} <= kept
+    assert reasons[3270].startswith("trigger of kept table public.orders")
+    assert reasons[3306].startswith("FK of kept table public.orders to public.customers")
+    assert reasons[3307].startswith("references kept table public.orders")
+    assert 3308 in kept  # events -> orders: both kept, the referenced one incremental (copied first)
+    assert reasons[3463] == "reads a kept table: refreshed after the incremental step"
+    # to a "none" table the FK cannot hold (it never gets rows)
+    none_plan = shop_plan(created={16408, 16451, 16457}, modes={16408: "none", 16451: "incremental", 16457: "incremental"})
+    assert 3308 not in ids(filter_restore_list(SHOP_TOC, SHOP, set(), plan=none_plan))
+
+
+def test_later_nights_keep_tables_types_and_sequences_of_the_warehouse():
+    plan = shop_plan(present={16408, 16451, 16457}, kept_objects={(1247, 16387), (1259, 16396)})
+    result = filter_restore_list(SHOP_TOC, SHOP, set(), plan=plan)
+    kept = ids(result)
+    assert kept == {229, 3480, 3463}  # the view, the shared sequence's value, the view's rows
+
+
+def test_new_partition_of_a_kept_parent_leaves_cloned_indexes_to_attach_partition():
+    plan = shop_plan(present={16408, 16451}, created={16457})
+    kept = ids(filter_restore_list(SHOP_TOC, SHOP, set(), plan=plan))
+    assert {224, 3260, 3291} <= kept  # the partition, its ATTACH, its own index
+    assert {3293, 3290, 3300, 3301}.isdisjoint(kept)  # what ATTACH PARTITION clones from the parent
