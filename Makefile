@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench bench-seed install clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(VENV)/.installed
 ## benchmarks (see bench/README.md)
 bench: $(VENV)/.installed
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+## the figure that counts: the seed's own code (PGREPL_SEED_DIR = a clone of 1024pix/pix-db-replication), pgcopydb
+## and the project's DAG, on the seed's dump inflated to scale 3 (see bench/README.md)
+bench-seed: $(VENV)/.installed
+	$(PY) bench/seed_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV)
