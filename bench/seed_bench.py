@@ -321,7 +321,7 @@ def run_pgcopydb(ctx: Context, rep: int, cluster: BenchCluster) -> dict:
     return result
 
 
-# a small Airflow runner of our own (the devenv's may move; this one only needs the repository layout)
+# a small Airflow runner of our own: it needs the task instances' start and end dates, and only the repository layout
 
 def airflow_env(home: Path, settings: dict, base: dict) -> dict:
     env = {k: v for k, v in base.items()
