@@ -27,6 +27,7 @@ from pgrepl.s3_dump import schedule_or_none
 
 with DAG(
     dag_id="dump_to_s3",
+    description='Ad hoc: full pg_dump of the source, streamed to S3 (S3_BUCKET_NAME)',
     doc_md=__doc__,
     schedule=schedule_or_none(),
     start_date=START_DATE,

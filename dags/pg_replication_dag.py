@@ -22,8 +22,9 @@ Replaces the seed's bull queues (`1024pix/pix-db-replication`):
 | `release` | frees the run lease, whatever happened |
 
 Any failed task also sends a failure message naming it to every `NOTIFICATIONS` entry.
-Restart a failed step: clear it with its downstream tasks (UI, or
-`airflow tasks clear pg_replication -t <task> --downstream`). Settings: README and `.env.sample`.
+Restart a failed step: fix the cause, clear it with its downstream tasks, or clear only the failed tasks (UI, or
+`airflow tasks clear pg_replication -t <task> --downstream -s <logical date> -e <logical date>`). A failed
+`restore` restarts from a fresh dump of the source. Settings: README and `.env.sample`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from airflow.sdk import DAG, Param, task
 
 from pgrepl.assets import WAREHOUSE_REFRESHED
 from pgrepl.dag_defaults import START_DATE, default_args
+from pgrepl.lease import release_on_run_end
 from pgrepl.notify import WebhookNotifier
 from pgrepl.operators.dump_restore import PgDumpOperator, PgRestoreOperator, WarehouseSQLOperator
 from pgrepl.operators.end_of_run import WebhookOperator
@@ -39,9 +41,11 @@ from pgrepl.operators.incremental import PostgresIncrementalOperator
 from pgrepl.operators.learning_content import LearningContentOperator
 from pgrepl.settings import schedule_or_default
 from pgrepl.sqlfiles import SQL_ROOT, template_names
+from pgrepl.task_settings import FK_AS_CONFIGURED
 
 with DAG(
     dag_id="pg_replication",
+    description="Nightly copy of production into the warehouse: dump, restore behind a swap, incremental, learning content",
     doc_md=__doc__,
     schedule=schedule_or_default(),
     start_date=START_DATE,
@@ -49,10 +53,18 @@ with DAG(
     max_active_runs=1,
     tags=["replication", "warehouse", "postgres"],
     template_searchpath=[str(SQL_ROOT)],
-    on_failure_callback=WebhookNotifier(ignore_tasks=("notify",)),
+    # every path that ends a run frees its lease (a run restarted with "clear only failed tasks" included)
+    on_success_callback=release_on_run_end,
+    on_failure_callback=[WebhookNotifier(ignore_tasks=("notify",)), release_on_run_end],
     params={
         "restore_fk_constraints": Param(
-            None, type=["null", "boolean"], description="Override RESTORE_FK_CONSTRAINTS for this run (null: the setting)"
+            FK_AS_CONFIGURED,
+            type="string",
+            enum=[FK_AS_CONFIGURED, "on", "off"],
+            values_display={FK_AS_CONFIGURED: "as configured (RESTORE_FK_CONSTRAINTS)", "on": "on: restore foreign keys",
+                            "off": "off: no foreign keys"},
+            title="Foreign keys",
+            description="Restore the foreign keys in this run, or follow the RESTORE_FK_CONSTRAINTS setting",
         ),
         "jobs": Param(
             None, type=["null", "integer"], minimum=1, maximum=64,
@@ -63,11 +75,11 @@ with DAG(
 ) as dag:
 
     @task(retries=0)
-    def preflight(run_id: str | None = None) -> dict:
-        """Settings, databases, tools, roles, run lease."""
+    def preflight(run_id: str | None = None, dag_run=None) -> dict:
+        """Settings, databases, tools, roles, work folder, run lease."""
         from pgrepl.tasks import preflight as run_preflight
 
-        return run_preflight(run_id)
+        return run_preflight(run_id, dag_run.dag_id)
 
     checked = preflight()
 
@@ -127,31 +139,38 @@ with DAG(
 
     learning_content = LearningContentOperator(task_id="learning_content", trigger_rule="none_failed")
 
+    # A restore that took a fresh dump (restart after a failed restore) returns it: its counts and timings count.
+    # Learning content's XCom is pulled only when preflight saw it configured (a skipped task has none to pull).
+
     @task(trigger_rule="none_failed", outlets=[WAREHOUSE_REFRESHED])
-    def verify(dump_result: dict, incremental_results=None, learning_content_result=None) -> dict:
+    def verify(dump_result: dict, restore_result: dict, checked_result: dict, incremental_results=None,
+               ti=None) -> dict:
         """Warehouse row counts equal what the copy saw."""
         from pgrepl.operators.end_of_run import verify_run
 
-        return verify_run(dump_result, incremental_results, learning_content_result)
+        learning = ti.xcom_pull(task_ids="learning_content") if checked_result.get("learning_content") else None
+        return verify_run(restore_result.get("dump") or dump_result, incremental_results, learning)
 
     @task(trigger_rule="none_failed")
     def report(dump_result: dict, restore_result: dict, enrichment_result: dict, dag_run=None) -> dict:
         """Durations and per-kind pg_restore timings, in the log and XCom."""
         from pgrepl.operators.end_of_run import report_run
 
-        return report_run(dump_result, restore_result, enrichment_result, started_at=dag_run.start_date)
+        return report_run(restore_result.get("dump") or dump_result, restore_result, enrichment_result,
+                          started_at=dag_run.start_date)
 
     @task(trigger_rule="none_failed")
-    def notifications(report_result: dict, incremental_results=None, learning_content_result=None,
-                      dag_run=None) -> list[dict]:
+    def notifications(report_result: dict, checked_result: dict, incremental_results=None, dag_run=None,
+                      ti=None) -> list[dict]:
         """One request per NOTIFICATIONS entry, carrying the run summary."""
         import os
 
         from pgrepl.notify import notification_requests, run_summary
         from pgrepl.settings import parse_notifications
 
+        learning = ti.xcom_pull(task_ids="learning_content") if checked_result.get("learning_content") else None
         summary = run_summary(dag_run.dag_id, dag_run.run_id, "success", report_result,
-                              incremental_results, learning_content_result)
+                              incremental_results, learning)
         return notification_requests(parse_notifications(os.environ), summary)
 
     @task(trigger_rule="all_done", retries=0)
@@ -161,9 +180,9 @@ with DAG(
 
         return run_release(run_id)
 
-    verified = verify(dump.output, incremental.output, learning_content.output)
+    verified = verify(dump.output, restore.output, checked, incremental.output)
     reported = report(dump.output, restore.output, enrichment.output)
-    requests = notifications(reported, incremental.output, learning_content.output)
+    requests = notifications(reported, checked, incremental.output)
     notify = WebhookOperator.partial(task_id="notify", retries=0).expand_kwargs(requests)
 
     checked >> dump >> restore >> compat_views >> enrichment >> planned

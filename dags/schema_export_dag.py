@@ -23,6 +23,7 @@ from pgrepl.operators.schema_export import SchemaExportOperator
 
 with DAG(
     dag_id="schema_export",
+    description="Noon: the warehouse's schema (no rows) into the catalog database, when enabled",
     doc_md=__doc__,
     schedule="0 12 * * *",
     start_date=START_DATE,

@@ -408,7 +408,10 @@ def airflow_commands(guide: str) -> list[list[str]]:
         # `airflow ...`, `.venv/bin/airflow ...` or `docker compose exec <service> airflow ...`
         if at is None or not (at == 0 or (at >= 2 and words[at - 2] == "exec")):
             continue
-        commands.append(words[at + 1:])
+        argv = words[at + 1:]
+        # shell syntax after the command (`> file 2>&1 &`) is not the CLI's
+        cut = next((i for i, w in enumerate(argv) if w in ("&", "&&", "|", ";", "2>&1") or w.startswith(">")), len(argv))
+        commands.append(argv[:cut])
     return commands
 
 

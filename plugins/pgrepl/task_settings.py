@@ -5,7 +5,19 @@ from __future__ import annotations
 import dataclasses
 
 from pgrepl.errors import airflow_errors
-from pgrepl.settings import SOURCE_CONN_ID, TARGET_CONN_ID, ReplicationSettings, airflow_connection_getter, load_replication
+from pgrepl.settings import (
+    SOURCE_CONN_ID,
+    TARGET_CONN_ID,
+    ReplicationSettings,
+    SettingsError,
+    airflow_connection_getter,
+    load_replication,
+)
+
+#: value of the ``restore_fk_constraints`` Param that keeps ``RESTORE_FK_CONSTRAINTS``
+FK_AS_CONFIGURED = "as configured"
+#: what the Param's values mean (booleans from ``--conf`` of older recipes are accepted too)
+FK_PARAM_VALUES = {FK_AS_CONFIGURED: None, None: None, "on": True, "off": False, True: True, False: False}
 
 
 def replication_settings(context=None, *, source_conn_id: str = SOURCE_CONN_ID,
@@ -21,8 +33,12 @@ def replication_settings(context=None, *, source_conn_id: str = SOURCE_CONN_ID,
                                     target_conn_id=target_conn_id)
     params = (context or {}).get("params") or {}
     overrides = {}
-    if params.get("restore_fk_constraints") is not None:
-        overrides["restore_fk_constraints"] = bool(params["restore_fk_constraints"])
+    fk = params.get("restore_fk_constraints")
+    if fk not in FK_PARAM_VALUES:
+        with airflow_errors():
+            raise SettingsError(f"Param restore_fk_constraints: {fk!r} is not one of {FK_AS_CONFIGURED!r}, 'on', 'off'")
+    if FK_PARAM_VALUES[fk] is not None:
+        overrides["restore_fk_constraints"] = FK_PARAM_VALUES[fk]
     if params.get("jobs") is not None:
         overrides["jobs"] = int(params["jobs"])
     return dataclasses.replace(settings, **overrides) if overrides else settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from pgrepl import fullcopy, swap
+from pgrepl import fullcopy, lease, swap, workdir
 from pgrepl.errors import airflow_errors
 from pgrepl.settings import (
     SettingsError,
@@ -40,8 +40,9 @@ def kept_comments(run_id: str | None, context=None) -> dict:
         return copy_kept_comments(settings, run_id)
 
 
-def preflight(run_id: str) -> dict:
-    """Validate every setting, reach both databases, check tools and roles, take the run lease.
+def preflight(run_id: str, dag_id: str | None = None) -> dict:
+    """Validate every setting, reach both databases, check tools and roles, take the run lease (taking it over from
+    a run of ``dag_id`` that Airflow reports finished), prune old failed dumps, check the work folder's free space.
 
     Bad settings, a superuser target, missing tables or a busy warehouse fail without retry; an unreachable
     database is retried (it may be a passing outage).
@@ -52,8 +53,16 @@ def preflight(run_id: str) -> dict:
         notifications = parse_notifications(os.environ)
         facts = fullcopy.preflight(settings)
         with settings.target.connect() as db:
-            swap.acquire_lease(db, run_id)
+            lease.take_lease(db, run_id, lease.airflow_run_state(dag_id) if dag_id else None)
             pending = swap.swap_in_progress(db)
+        # the lease is ours: no other run uses the work folder's dumps now
+        workdir.prune_failed_dumps(settings.work_dir, fullcopy.run_key(run_id))
+        try:
+            space = workdir.check_free_space(settings.work_dir)
+        except workdir.WorkDirError:
+            with settings.target.connect() as db:
+                swap.release_lease(db, run_id)
+            raise
     if pending:
         log.warning("an interrupted restore left schemas %s aside: the restore step will put them back first", pending)
     result = {
@@ -63,6 +72,7 @@ def preflight(run_id: str) -> dict:
         "learning_content": lcms is not None,
         "notifications": len(notifications),
         "source_server_major": facts["server_major"],
+        "work_dir_free_bytes": space["free_bytes"],
     }
     log.info("preflight ok: %s", result)
     return result

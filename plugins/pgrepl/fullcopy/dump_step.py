@@ -8,7 +8,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-from pgrepl import catalog, table_modes
+from pgrepl import catalog, table_modes, workdir
 from pgrepl.errors import PgreplError, is_retryable
 from pgrepl.fullcopy.common import (
     RunPaths,
@@ -125,6 +125,7 @@ def dump(settings: ReplicationSettings, key: str, runner=run_script) -> dict:
         if counter.error:
             raise PgreplError(f"counting the source rows failed: {_first_line(counter.error)}",
                               retryable=is_retryable(counter.error))
+    workdir.clear_restore_failed(paths.root)  # a new dump: no restore failed on it yet
     return {
         "host": worker_hostname(),
         "dump_dir": str(paths.dump_dir),

@@ -11,7 +11,7 @@ import time
 
 from dataclasses import dataclass
 
-from pgrepl import catalog, swap, table_modes
+from pgrepl import catalog, swap, table_modes, workdir
 from pgrepl.fullcopy.common import (
     ClientCommandError,
     PreflightError,
@@ -202,11 +202,14 @@ def restore(settings: ReplicationSettings, key: str, run_id: str, runner=run_scr
                                     app_name=RESTORE_APP_NAME) as env:
                 runner(RESTORE_SCRIPT, env)
             lost = swap.finalize_swap(db)
-        except BaseException:
+        except BaseException as exc:
             log.error("restore failed: putting yesterday's warehouse back")
+            workdir.mark_restore_failed(paths.root, exc)  # the next attempt takes a fresh dump
             db.rollback()
             swap.rollback_swap(db)
             raise
+    workdir.record_successful_dump(settings.work_dir, paths.dump_dir, key)
+    workdir.clear_restore_failed(paths.root)
     shutil.rmtree(paths.dump_dir, ignore_errors=True)
     return {
         "seconds": round(time.monotonic() - started, 3),

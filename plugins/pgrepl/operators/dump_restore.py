@@ -5,6 +5,7 @@ They stay thin: the work is in :mod:`pgrepl.fullcopy`, which the benchmarks call
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,7 +14,7 @@ from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
-from pgrepl import fullcopy
+from pgrepl import fullcopy, workdir
 from pgrepl.errors import airflow_errors
 from pgrepl.settings import SOURCE_CONN_ID, TARGET_CONN_ID
 from pgrepl.task_settings import replication_settings
@@ -29,6 +30,8 @@ class _ClientCommandOperator(BashOperator):
     script: str = ""
     #: the timestamped client log written by the script (in ``PGREPL_LOG_DIR``)
     client_log: str = ""
+    #: appended to a failure message: how to restart once the cause is fixed
+    restart_hint: str = ""
 
     def __init__(self, *, source_conn_id: str = SOURCE_CONN_ID, target_conn_id: str = TARGET_CONN_ID,
                  **kwargs: Any) -> None:
@@ -40,7 +43,9 @@ class _ClientCommandOperator(BashOperator):
     def _settings(self, context):
         return replication_settings(context, source_conn_id=self.source_conn_id, target_conn_id=self.target_conn_id)
 
-    def _runner(self, context):
+    def _runner(self, context, client_log: str | None = None):
+        client_log = client_log or self.client_log
+
         def run(script: str, env: dict) -> None:
             self.bash_command = script
             self.env = env  # already a full copy of the environment, with PGPASSFILE and no password
@@ -48,11 +53,11 @@ class _ClientCommandOperator(BashOperator):
             try:
                 BashOperator.execute(self, context)
             except AirflowException as exc:
-                log_file = Path(env["PGREPL_LOG_DIR"]) / self.client_log
+                log_file = Path(env["PGREPL_LOG_DIR"]) / client_log
                 errors = fullcopy.failure_lines(log_file.read_text()) if log_file.exists() else []
                 detail = " | ".join(line.split(" ", 1)[-1] for line in errors[:5]) or str(exc)
                 raise fullcopy.ClientCommandError(
-                    f"{self.client_log.removesuffix('.log')} failed: {detail} (full log: {log_file})",
+                    f"{client_log.removesuffix('.log')} failed: {detail} (full log: {log_file}){self.restart_hint}",
                     retryable=fullcopy.failure_retryable(errors),
                 ) from exc
 
@@ -91,15 +96,29 @@ class PgRestoreOperator(_ClientCommandOperator):
 
     script = fullcopy.RESTORE_SCRIPT
     client_log = "pg_restore.log"
+    restart_hint = (
+        ". Yesterday's warehouse is back in place. Fix the cause (source data, warehouse), then clear `restore` "
+        "with its downstream tasks: the next attempt takes a fresh dump of the source first"
+    )
     ui_color = "#d5f5e3"
 
     def execute(self, context) -> dict:
         settings = self._settings(context)
         key = fullcopy.run_key(context["run_id"])
         dumped = context["ti"].xcom_pull(task_ids="dump") or {}
+        paths = fullcopy.run_paths(settings, key)
+        redumped = None
+        reason = workdir.fresh_dump_reason(paths.root, paths.dump_dir)
+        # a dump missing because the dump task ran on another host is a setup error, said by fullcopy.restore
         with airflow_errors():
+            if reason and (paths.dump_dir.is_dir() or dumped.get("host") in (None, socket.gethostname())):
+                self.log.warning("%s: taking a fresh dump before restoring", reason)
+                redumped = fullcopy.dump(settings, key, runner=self._runner(context, "pg_dump.log"))
+                self.log.info("fresh dump: %s tables in %.1f s", len(redumped["source_counts"]), redumped["seconds"])
             result = fullcopy.restore(settings, key, context["run_id"], runner=self._runner(context),
-                                      dump_host=dumped.get("host"))
+                                      dump_host=(redumped or dumped).get("host"))
+        if redumped:
+            result["dump"] = redumped  # verify and report use this dump's counts and timings
         self.log.info("restored %s items in %.1f s", result["items"], result["seconds"])
         return result
 
