@@ -31,14 +31,17 @@ def _round(value: Any) -> float | None:
 
 
 def run_summary(dag_id: str, run_id: str, status: str, report: Mapping | None,
-                incremental: Iterable[Mapping] | None = None, learning_content: Mapping | None = None) -> dict:
+                incremental: Iterable[Mapping] | None = None, learning_content: Mapping | None = None,
+                user_views: Mapping | None = None) -> dict:
     """The JSON body of the success webhook.
 
     :param report: :func:`pgrepl.report.build_report`'s result (durations, rows restored, restore items)
     :param incremental: the mapped ``incremental`` results (``None`` entries of skipped tables are ignored)
     :param learning_content: ``{"tables": {name: rows}, "seconds": x}`` or ``None`` when skipped
+    :param user_views: :func:`pgrepl.user_views.recreate_saved`'s result (users' views recreated, and those that
+        no longer compile) or ``None`` when the step did not run
     :return: ``{"dag_id", "run_id", "status", "durations", "tables", "restore", "learning_content",
-        "deleted_at_source"}``
+        "deleted_at_source", "user_views"}``
     """
     report = report or {}
     durations = {step: _round(seconds) for step, seconds in (report.get("durations") or {}).items()}
@@ -78,6 +81,8 @@ def run_summary(dag_id: str, run_id: str, status: str, report: Mapping | None,
         # rows deleted at the source that the warehouse keeps ("deletes": "ignore"): reported, not a failure
         "deleted_at_source": {key: entry["deleted_at_source"] for key, entry in tables.items()
                               if entry.get("deleted_at_source")},
+        "user_views": {key: list(user_views.get(key) or []) for key in ("recreated", "failed", "owner_not_restored")}
+        if user_views else None,
     }
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from pgrepl import sqlfiles
+from pgrepl import sqlfiles, user_views
 from pgrepl.errors import PgreplError
 
 log = logging.getLogger(__name__)
@@ -334,8 +334,10 @@ def prepare_swap(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str,
         rollback_swap(db)
     plan = SwapPlan(schemas=sorted(replaced), moved_back={})
     try:
+        users = user_views.save(db, run_id, replaced)  # saved views of users stay aside; recreated after the night
         for schema in plan.schemas:
-            plan.moved_back[schema] = _swap_schema(db, run_id, schema, replaced.get(schema, set()),
+            plan.moved_back[schema] = _swap_schema(db, run_id, schema,
+                                                   replaced.get(schema, set()) | users.get(schema, set()),
                                                    kept.get(schema, set()), kept_types.get(schema),
                                                    kept_functions.get(schema))
         db.commit()
@@ -373,6 +375,7 @@ def rollback_swap(db) -> list[str]:
             elif not existed and _schema_exists(db, schema):
                 db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
             db.execute("DELETE FROM _pgrepl.swap WHERE schema_name = %s", (schema,))
+        user_views.on_rollback(db)
         db.commit()
     except Exception:
         db.rollback()
@@ -388,6 +391,7 @@ def finalize_swap(db) -> list[str]:
     rows = db.execute("SELECT schema_name, aside_name FROM _pgrepl.swap ORDER BY 1").fetchall()
     lost: list[str] = []
     try:
+        user_views.on_finalize(db)  # users' views that go with the aside schemas: saved, recreated after the night
         for schema, aside in rows:
             if _schema_exists(db, aside):
                 lost += [r[0] for r in db.execute(sqlfiles.load("warehouse/lost_dependents"), {"aside": aside}).fetchall()]

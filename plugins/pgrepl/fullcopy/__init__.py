@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 
-from pgrepl import sqlfiles, swap
+from pgrepl import sqlfiles, swap, user_views
 from pgrepl.fullcopy.common import (
     ClientCommandError,
     PreflightError,
@@ -48,7 +48,7 @@ __all__ = [
 
 
 def run_full_copy(settings: ReplicationSettings, key: str, run_id: str | None = None) -> dict:
-    """dump -> restore -> compat views -> enrichment, as the DAG runs them (benchmarks and tests)."""
+    """dump -> restore -> compat views -> enrichment -> users' views, as the DAG runs them (benchmarks and tests)."""
     run_id = run_id or key
     started = time.monotonic()
     with settings.target.connect() as db:
@@ -62,6 +62,7 @@ def run_full_copy(settings: ReplicationSettings, key: str, run_id: str | None = 
         t0 = time.monotonic()
         run_sql(settings.target, sqlfiles.rendered("enrichment"), run_id, settings.jobs)
         enrichment_seconds = time.monotonic() - t0
+        views = user_views.recreate(settings, run_id)
     finally:
         with settings.target.connect() as db:
             swap.release_lease(db, run_id)
@@ -73,4 +74,5 @@ def run_full_copy(settings: ReplicationSettings, key: str, run_id: str | None = 
         "total_seconds": round(time.monotonic() - started, 3),
         "source_counts": dumped["source_counts"],
         "refresh_after_incremental": restored["refresh_after_incremental"],
+        "user_views": views,
     }
