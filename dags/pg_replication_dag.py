@@ -15,6 +15,7 @@ Replaces the seed's bull queues (`1024pix/pix-db-replication`):
 | `incremental` | one mapped task per `incremental` table: new rows by key (and late commits, source deletes), streamed with COPY in one transaction |
 | `refresh_views` | refreshes the materialized views that read kept tables, now that the incremental rows are in |
 | `kept_comments` | the source's table and column comments onto the tables of `BACKUP_MODE` (`RESTORE_COMMENTS`) |
+| `user_views` | the warehouse users' own views and materialized views, saved before the swap, recreated (those that no longer compile are reported, never fatal) |
 | `learning_content` | the LCMS API into eight typed tables, swapped atomically (skipped when not configured) |
 | `verify` | warehouse row counts against what the copy saw; emits the `warehouse_refreshed` Asset |
 | `report` | durations and the per-kind `pg_restore` timings (the seed's `parse-replication-logs`) |
@@ -137,6 +138,14 @@ with DAG(
         from pgrepl.tasks import kept_comments as copy_kept_comments
         return copy_kept_comments(run_id, context)
 
+    @task(trigger_rule="none_failed")
+    def user_views(run_id: str | None = None, **context) -> dict:
+        """The warehouse users' views saved before the swap, recreated now (under the warehouse lock)."""
+        from pgrepl.user_views import recreate_task
+
+        return recreate_task(run_id, context)
+
+    recreated_views = user_views()
     learning_content = LearningContentOperator(task_id="learning_content", trigger_rule="none_failed")
 
     # A restore that took a fresh dump (restart after a failed restore) returns it: its counts and timings count.
@@ -160,8 +169,8 @@ with DAG(
                           started_at=dag_run.start_date)
 
     @task(trigger_rule="none_failed")
-    def notifications(report_result: dict, checked_result: dict, incremental_results=None, dag_run=None,
-                      ti=None) -> list[dict]:
+    def notifications(report_result: dict, checked_result: dict, incremental_results=None, user_views_result=None,
+                      dag_run=None, ti=None) -> list[dict]:
         """One request per NOTIFICATIONS entry, carrying the run summary."""
         import os
 
@@ -170,7 +179,7 @@ with DAG(
 
         learning = ti.xcom_pull(task_ids="learning_content") if checked_result.get("learning_content") else None
         summary = run_summary(dag_run.dag_id, dag_run.run_id, "success", report_result,
-                              incremental_results, learning)
+                              incremental_results, learning, user_views_result)
         return notification_requests(parse_notifications(os.environ), summary)
 
     @task(trigger_rule="all_done", retries=0)
@@ -182,11 +191,11 @@ with DAG(
 
     verified = verify(dump.output, restore.output, checked, incremental.output)
     reported = report(dump.output, restore.output, enrichment.output)
-    requests = notifications(reported, checked, incremental.output)
+    requests = notifications(reported, checked, incremental.output, recreated_views)
     notify = WebhookOperator.partial(task_id="notify", retries=0).expand_kwargs(requests)
 
     checked >> dump >> restore >> compat_views >> enrichment >> planned
-    incremental >> refreshed >> kept_comments() >> learning_content >> verified
+    incremental >> refreshed >> kept_comments() >> recreated_views >> learning_content >> verified
     restore >> rollback()
     verified >> requests
     [verified, learning_content] >> release()

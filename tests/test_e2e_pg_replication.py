@@ -33,7 +33,7 @@ def test_run_succeeds(demo_run):
     assert demo_run.state == "success", open(demo_run.log_file).read()[-5000:]
     assert states[("rollback", -1)] == "skipped"
     for task in ("preflight", "dump", "restore", "compat_views", "enrichment", "incremental_tables", "refresh_views",
-                 "kept_comments", "learning_content", "verify", "report", "notifications", "release"):
+                 "kept_comments", "user_views", "learning_content", "verify", "report", "notifications", "release"):
         assert states[(task, -1)] == "success", task
     assert states[("incremental", 0)] == "success"
     assert states[("notify", 0)] == "success"

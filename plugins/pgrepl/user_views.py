@@ -11,10 +11,11 @@ would take those views along (``DROP SCHEMA ... CASCADE``). So:
    materialized view's indexes — in dependency order. Those of the replicated schemas stay aside (never moved
    back), so yesterday's warehouse keeps them whole until the end; a crash cannot lose them (same transaction).
 2. :func:`on_rollback` — a failed night: nothing was dropped, the saved rows go (the views are as they were).
-   :func:`on_finalize` — inside ``finalize_swap``'s transaction: the saved views outside the aside schemas that the
-   drop would take are dropped first (so they are not reported as lost), the saved rows become ``dropped``, and the
-   views the restore created are remembered as the source's (``_pgrepl.source_views``), so a view the source later
-   drops is not taken for a user's.
+   :func:`on_finalize` — inside ``finalize_swap``'s transaction: the saved views outside the aside schemas are
+   dropped first (so they are not reported as lost, and every saved view is recreated alike: a materialized view
+   over a kept table then holds tonight's rows), the saved rows become ``dropped``, and the views the restore created
+   are remembered as the source's (``_pgrepl.source_views``), so a view the source later drops is not taken for a
+   user's.
 3. :func:`recreate` — after the restore and incremental steps, holding the warehouse lock: each ``dropped`` (or
    earlier ``broken``) view is created again as the warehouse role, in saving order, what fails retried once the
    others exist. ``ALTER ... OWNER TO`` the saved owner where the role may (else reported, and the owner gets its
@@ -143,23 +144,25 @@ def on_rollback(db) -> None:
 
 def on_finalize(db) -> list[str]:
     """Before the aside schemas are dropped (inside ``finalize_swap``'s transaction): drop the saved views outside
-    them that the drop would take, mark the saved views ``dropped``, remember the restore's views as the source's.
+    them (all are recreated after the night, so a materialized view over a kept table sees tonight's rows too), mark
+    the saved views ``dropped``, remember the restore's views as the source's.
 
     :returns: the views dropped here (``schema.name``)
     """
     ensure_state(db)
     swaps = db.execute("SELECT schema_name, aside_name, moved_back::int8[] FROM _pgrepl.swap").fetchall()
-    asides = [aside for _s, aside, _m in swaps]
-    saved = {(s, n): (k, p) for s, n, k, p in db.execute(
-        "SELECT schema_name, view_name, kind, position FROM _pgrepl.user_views WHERE state = 'saved'").fetchall()}
+    saved = db.execute("SELECT schema_name, view_name, kind FROM _pgrepl.user_views WHERE state = 'saved' "
+                       "ORDER BY position DESC").fetchall()
     dropped = []
-    if asides and saved:
-        found = db.execute(sqlfiles.load("warehouse/user_views_found"), {"schemas": asides}).fetchall()
-        outside = [(saved[(s, n)][1], s, n) for _oid, s, n, _k, inside in found if not inside and (s, n) in saved]
-        for _pos, schema, name in sorted(outside, reverse=True):
-            db.execute(sql.SQL("DROP {} IF EXISTS {} CASCADE").format(
-                sql.SQL(_KIND[saved[(schema, name)][0]]), sql.Identifier(schema, name)))
+    for schema, name, kind in saved:
+        if not _exists(db, schema, name):
+            continue  # in an aside schema: it goes with it
+        try:
+            with db.transaction():  # dependents first (reverse saving order); a stray one keeps it (no CASCADE)
+                db.execute(sql.SQL("DROP {} {}").format(sql.SQL(_KIND[kind]), sql.Identifier(schema, name)))
             dropped.append(f"{schema}.{name}")
+        except Exception as exc:  # noqa: BLE001 - left to the aside schema's drop, which reports what it takes
+            log.warning("user view %s kept in place (%s)", f"{schema}.{name}", _first_line(exc))
     for schema, _aside, moved_back in swaps:
         names = [r[0] for r in db.execute(
             """

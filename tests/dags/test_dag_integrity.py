@@ -85,8 +85,10 @@ def test_pg_replication_shape(dagbag):
     # materialized views over kept tables are refreshed once the incremental rows are in, even with no incremental table
     assert upstream["refresh_views"] == ["incremental", "restore"]
     assert upstream["kept_comments"] == ["refresh_views"]
-    assert upstream["learning_content"] == ["kept_comments"]
+    assert upstream["user_views"] == ["kept_comments"]
+    assert upstream["learning_content"] == ["user_views"]
     assert dag.get_task("refresh_views").trigger_rule == "none_failed"
+    assert dag.get_task("user_views").trigger_rule == "none_failed"
     assert dag.get_task("preflight").retries == 0
     assert dag.get_task("rollback").trigger_rule == "one_failed"
     assert dag.get_task("release").trigger_rule == "all_done"
