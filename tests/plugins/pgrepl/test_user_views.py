@@ -58,7 +58,7 @@ def settings(source_db, target_db, tmp_path):
 
 USER_VIEWS = {
     "public.even_users", "public.ok_moods", "analytics.answer_stats", "analytics.busy_assessments",
-    "analytics.even_user_count", "analytics.not_yet", "analytics.outsiders", "analytics.legacy",
+    "analytics.even_user_count", "analytics.not_yet", "analytics.outsiders", "analytics.legacy", "analytics.checked",
 }
 
 
@@ -93,6 +93,8 @@ def create_user_views(pg_cluster, target_db, roles) -> None:
             CREATE VIEW analytics.even_user_count AS SELECT count(*) AS n FROM public.even_users;
             CREATE MATERIALIZED VIEW analytics.not_yet AS SELECT id FROM public.users WITH NO DATA;
             CREATE VIEW analytics.legacy AS SELECT id, legacy_code FROM public.users;
+            CREATE VIEW analytics.checked WITH (security_barrier) AS
+                SELECT id, email FROM public.users WHERE id > 0 WITH LOCAL CHECK OPTION;
             CREATE VIEW analytics.outsiders AS SELECT id FROM public.users WHERE id < 10;
         """)
         db.commit()
@@ -102,9 +104,9 @@ def create_user_views(pg_cluster, target_db, roles) -> None:
 def views_state(target_db) -> dict:
     """Every user view: kind, owner, ACL, comment, populated, row count (when readable), indexes, column comments."""
     state = {}
-    for schema, name, kind, owner, acl, comment, populated in rows(target_db, """
+    for schema, name, kind, owner, acl, comment, populated, options in rows(target_db, """
             SELECT n.nspname, c.relname, c.relkind, pg_get_userbyid(c.relowner), c.relacl::text[],
-                   obj_description(c.oid, 'pg_class'), c.relispopulated
+                   obj_description(c.oid, 'pg_class'), c.relispopulated, c.reloptions
               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.relkind IN ('v', 'm') AND n.nspname IN ('public', 'analytics')"""):
         full = f"{schema}.{name}"
@@ -117,7 +119,7 @@ def views_state(target_db) -> dict:
         columns = rows(target_db, "SELECT a.attname, col_description(a.attrelid, a.attnum) FROM pg_attribute a "
                                   "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND col_description(a.attrelid, a.attnum) IS NOT NULL",
                        (f'"{schema}"."{name}"',))
-        state[full] = {"kind": kind, "owner": owner, "acl": sorted(acl or []), "comment": comment,
+        state[full] = {"kind": kind, "owner": owner, "acl": sorted(acl or []), "comment": comment, "options": options,
                        "populated": populated, "count": count, "indexes": indexes, "column_comments": columns}
     return state
 
@@ -127,6 +129,7 @@ def test_users_views_survive_three_nights(pg_cluster, roles, settings, source_db
     create_user_views(pg_cluster, target_db, roles)
     before = views_state(target_db)
     assert set(before) == USER_VIEWS
+    assert before["analytics.checked"]["options"] == ["security_barrier=true", "check_option=local"]
     assert before["analytics.answer_stats"]["count"] > 0
 
     # night 2: the source moves on; it drops the column analytics.legacy reads
