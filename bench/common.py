@@ -243,3 +243,12 @@ __all__ = [
     "BENCH_DIR", "FAST", "PROD_LIKE", "SUPERUSER", "KeptCluster", "Measure", "PgConn", "ROOT", "capture",
     "client_cpu_seconds", "log", "measure", "median", "run_cmd", "server_cpu_seconds", "table", "tool", "write_json",
 ]
+
+
+def warm(path: Path) -> None:
+    """Read a cluster's files once, so that the first repetition does not pay for a cold page cache."""
+    for file in path.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as handle:
+                while handle.read(1 << 22):
+                    pass

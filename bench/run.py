@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH_DIR, FAST, PROD_LIKE, log, measure, median, table, write_json  # noqa: E402
+from common import BENCH_DIR, FAST, PROD_LIKE, log, measure, median, table, warm, write_json  # noqa: E402
 from generate import open_source  # noqa: E402
 from methods import (  # noqa: E402
     Context, catalog_counts, full_copy_available, parse_variant, pgcopydb_path, run_dump_restore, run_pgcopydb,
@@ -62,15 +62,6 @@ def write_passfile(path: Path) -> str:
     with os.fdopen(fd, "w") as handle:
         handle.write("\n".join(lines) + "\n")
     return str(path)
-
-
-def warm(path: Path) -> None:
-    """Read the source's files once so that the first repetition does not pay for a cold page cache."""
-    for file in path.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as handle:
-                while handle.read(1 << 22):
-                    pass
 
 
 def main(argv: list[str] | None = None) -> int:

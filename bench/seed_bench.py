@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
-    BENCH_DIR, PROD_LIKE, ROOT, KeptCluster, PgConn, log, measure, median, table, tool, write_json,
+    BENCH_DIR, PROD_LIKE, ROOT, KeptCluster, PgConn, log, measure, median, table, tool, warm, write_json,
 )
 from generate import describe  # noqa: E402
 from methods import Context, catalog_counts, enrich, verify  # noqa: E402
@@ -448,15 +448,6 @@ def render(args, meta: dict, seed: dict, methods: list[str], results: dict, upti
                 lines.append(f"{m} rep {n + 1}: {r.get('check') or r.get('error', '?')[:300]}")
     lines += ["", f"load before: {uptime['before']}", f"load after:  {uptime['after']}"]
     return "\n".join(lines)
-
-
-def warm(path: Path) -> None:
-    """Read the cluster's files once, so that the first repetition does not pay for a cold page cache."""
-    for file in path.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as handle:
-                while handle.read(1 << 22):
-                    pass
 
 
 def _uptime() -> str:
