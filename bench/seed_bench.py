@@ -324,22 +324,12 @@ def run_pgcopydb(ctx: Context, rep: int, cluster: BenchCluster) -> dict:
 # a small Airflow runner of our own: it needs the task instances' start and end dates, and only the repository layout
 
 def airflow_env(home: Path, settings: dict, base: dict) -> dict:
-    env = {k: v for k, v in base.items()
-           if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__")) and k not in ("AIRFLOW_HOME",) + tuple(SEED_SETTINGS)
-           and not k.endswith("DATABASE_URL")}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "plugins"), str(ROOT), base.get("PYTHONPATH")])),
-        "PYTHONWARNINGS": "ignore",
-        **settings,
-    })
-    return env
+    """devenv's isolated Airflow (SQLite in ``home``), without the seed's settings and database URLs of ``base``."""
+    from devenv.airflow_runner import airflow_env as isolated_airflow_env
+
+    base = {k: v for k, v in base.items() if k not in SEED_SETTINGS and not k.endswith("DATABASE_URL")}
+    base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), base.get("PYTHONPATH")]))
+    return isolated_airflow_env(home, settings, base=base)
 
 
 def airflow_bin() -> str:

@@ -15,10 +15,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def airflow_env(home: Path, extra: dict | None = None) -> dict:
-    """Environment of an isolated Airflow: SQLite metadata in ``home``, this project's DAGs, no examples."""
+def airflow_env(home: Path, extra: dict | None = None, base: dict | None = None) -> dict:
+    """Environment of an isolated Airflow: SQLite metadata in ``home``, this project's DAGs, no examples.
+
+    :param base: the environment to start from (default: this process's), less its Airflow variables
+    """
+    base = os.environ if base is None else base
     env = {
-        k: v for k, v in os.environ.items()
+        k: v for k, v in base.items()
         if not k.startswith("AIRFLOW_CONN_") and not k.startswith("AIRFLOW__") and k != "AIRFLOW_HOME"
     }
     env.update(
@@ -30,7 +34,7 @@ def airflow_env(home: Path, extra: dict | None = None) -> dict:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "plugins"), os.environ.get("PYTHONPATH")])),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "plugins"), base.get("PYTHONPATH")])),
             "PYTHONWARNINGS": "ignore",
         }
     )
