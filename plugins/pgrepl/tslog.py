@@ -36,13 +36,16 @@ class LineMender:
 
     def mend(self, line: str) -> str:
         match = _PIECES.match(line)
-        if match and _PROGRAM_RE.match(line):
+        if match and _PROGRAM_RE.search(match.group(0)):
             groups: list[list[str]] = []
             for token in self._TOKEN.findall(match.group(0)):
                 if _PROGRAM_RE.fullmatch(token):
                     groups.append([token])
-                else:
+                elif groups:
                     groups[-1].append(token)
+                elif _LEVEL_RE.fullmatch(token):
+                    self._give_level(token)  # a piece of a line begun on an earlier line (its program is pending)
+                # a space before the line's first program piece: the rest of a prefix begun earlier
             if len(groups) == 1 and re.fullmatch(rf"{_PROGRAM} (?:{_LEVEL})?", match.group(0)):
                 return line  # whole
             for group in groups[:-1]:
@@ -53,6 +56,12 @@ class LineMender:
             program, level = self.pending.pop(0)
             return f"{program} {level}{line.lstrip(' ')}"
         return line
+
+    def _give_level(self, level: str) -> None:
+        for index, (program, given) in enumerate(self.pending):
+            if not given:
+                self.pending[index] = (program, level)
+                return
 
     @staticmethod
     def _head(group: list[str]) -> tuple[str, str]:

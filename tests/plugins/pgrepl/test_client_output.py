@@ -56,3 +56,17 @@ def test_interleaved_pieces_go_back_on_their_lines():
     # two lines still to come, in order
     assert mend(["pg_restore:pg_restore: error: pg_restore: third", "first", "second"]) == [
         "pg_restore: third", "pg_restore: first", "pg_restore: error: second"]
+
+
+def test_a_line_that_starts_with_the_space_of_an_earlier_prefix():
+    # worker A wrote "pg_restore:" at the end of nothing yet, B its "pg_restore:" + " " + message; then A's " ",
+    # C's "pg_restore:", A's message: the line starts with A's space (seen in CI: "pg_restore: pg_restore: ...")
+    assert mend(["pg_restore:pg_restore: launching item 1 TABLE DATA t1",
+                 " pg_restore: launching item 2 TABLE DATA t2",
+                 "creating INDEX \"public.t3_v\""]) == [
+        "pg_restore: launching item 1 TABLE DATA t1",
+        "pg_restore: launching item 2 TABLE DATA t2",
+        'pg_restore: creating INDEX "public.t3_v"']
+    # a level piece before the line's first program piece belongs to a line still to come
+    assert mend(["pg_restore:pg_restore: first", " error: pg_restore: second", "third"]) == [
+        "pg_restore: first", "pg_restore: second", "pg_restore: error: third"]
