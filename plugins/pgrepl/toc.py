@@ -11,6 +11,7 @@ Pure Python over bytes; no PostgreSQL needed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 MAGIC = b"PGDMP"
@@ -55,8 +56,21 @@ class _Reader:
         return self.take(length).decode("utf-8", errors="replace")
 
 
-def parse_dependencies(data: bytes) -> dict[int, tuple[int, ...]]:
-    """``{dump id: dump ids it depends on}`` for every entry of a directory-format ``toc.dat``.
+@dataclass(frozen=True)
+class TocEntry:
+    """One entry of ``toc.dat``: what the staging restore needs besides ``pg_restore -l``."""
+
+    dump_id: int
+    desc: str
+    tag: str
+    namespace: str | None
+    copy_stmt: str | None  # ``COPY schema.table (columns) FROM stdin;`` of a TABLE DATA entry
+    filename: str | None  # directory format: the entry's data file (``1234.dat``), None without data
+    deps: tuple[int, ...]
+
+
+def parse_entries(data: bytes) -> list[TocEntry]:
+    """Every entry of a directory-format ``toc.dat``, in archive order.
 
     :raises TocFormatError: not a pg_dump archive, or a version this reader does not know.
     """
@@ -80,19 +94,19 @@ def parse_dependencies(data: bytes) -> dict[int, tuple[int, ...]]:
     r.str()  # server version
     r.str()  # pg_dump version
     count = r.int()
-    dependencies: dict[int, tuple[int, ...]] = {}
+    entries: list[TocEntry] = []
     for _ in range(count):
         dump_id = r.int()
         r.int()  # had dumper
         r.str()  # table oid
         r.str()  # oid
-        r.str()  # tag
-        r.str()  # desc
+        tag = r.str()
+        desc = r.str()
         r.int()  # section
         r.str()  # definition
         r.str()  # drop statement
-        r.str()  # copy statement
-        r.str()  # namespace
+        copy_stmt = r.str()
+        namespace = r.str()
         r.str()  # tablespace
         if version >= (1, 14):
             r.str()  # table access method
@@ -103,9 +117,23 @@ def parse_dependencies(data: bytes) -> dict[int, tuple[int, ...]]:
         deps = []
         while (dep := r.str()) is not None:
             deps.append(int(dep))
-        dependencies[dump_id] = tuple(deps)
-        r.str()  # directory format: the entry's data file name
-    return dependencies
+        filename = r.str()  # directory format: the entry's data file name
+        entries.append(TocEntry(dump_id, desc or "", tag or "", namespace or None, copy_stmt or None,
+                                filename or None, tuple(deps)))
+    return entries
+
+
+def parse_dependencies(data: bytes) -> dict[int, tuple[int, ...]]:
+    """``{dump id: dump ids it depends on}`` for every entry of a directory-format ``toc.dat``.
+
+    :raises TocFormatError: not a pg_dump archive, or a version this reader does not know.
+    """
+    return {e.dump_id: e.deps for e in parse_entries(data)}
+
+
+def read_entries(dump_dir: str | Path) -> list[TocEntry]:
+    """:func:`parse_entries` of ``<dump_dir>/toc.dat``."""
+    return parse_entries((Path(dump_dir) / "toc.dat").read_bytes())
 
 
 def read_dependencies(dump_dir: str | Path) -> dict[int, tuple[int, ...]]:
