@@ -7,8 +7,8 @@ Replaces the seed's bull queues (`1024pix/pix-db-replication`):
 |---|---|
 | `preflight` | validates every setting, reaches both databases, checks client versions and the target role, takes the run lease |
 | `dump` | `pg_dump` directory format with `--jobs`, without the rows of `BACKUP_MODE` tables (their structure is dumped), rows counted in the same snapshot |
-| `restore` | `pg_restore --jobs --no-owner --use-list` behind a schema swap: a failure puts yesterday's warehouse back |
-| `rollback` | only after a failed restore: makes sure yesterday's warehouse is back in place |
+| `restore` | tonight's copy built in staging schemas (`pg_restore --jobs`), switched in by one short transaction; readers keep yesterday's warehouse until then, a failure never touches it |
+| `rollback` | only after a failed restore: drops what is left of its staging work |
 | `compat_views` | `include/sql/compat/*.sql` |
 | `enrichment` | every `include/sql/enrichment/*.sql`, in name order |
 | `incremental_tables` | the `incremental` tables of `BACKUP_MODE`, parents first |
@@ -89,7 +89,7 @@ with DAG(
 
     @task(trigger_rule="one_failed", retries=0)
     def rollback(run_id: str | None = None) -> list[str]:
-        """After a failed restore: yesterday's warehouse back in place."""
+        """After a failed restore: its staging work dropped (the live warehouse was never touched)."""
         from pgrepl.tasks import rollback as run_rollback
 
         return run_rollback(run_id)

@@ -50,7 +50,7 @@ REPLACED, KEPT = "users", "answers"
 GATE_KEY = 4242
 #: Issue 14 (build tonight's copy beside the live one) closes the documented window in which readers of a replaced
 #: table get "relation does not exist" (or an empty table) during the restore. Set to True when it lands.
-REPLACED_TABLES_READABLE_DURING_RESTORE = False
+REPLACED_TABLES_READABLE_DURING_RESTORE = True
 
 
 def url(conn) -> str:
@@ -127,18 +127,20 @@ def fail_unless_success(stack: CeleryStack, run_id: str, state: str) -> None:
 
 
 def warehouse_state(target) -> dict:
-    """What must be empty once a night is over: lease, swap bookkeeping, aside schemas, restore sessions."""
+    """What must be empty once a night is over: lease, swap and cleanup bookkeeping, staging/aside schemas, restore
+    sessions."""
     with target.connect() as db:
         return {
             "lease": db.execute("SELECT run_id FROM _pgrepl.lease").fetchall(),
             "swap": db.execute("SELECT schema_name FROM _pgrepl.swap").fetchall(),
-            "aside": db.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE '\\_pgrepl\\_prev\\_%'").fetchall(),
+            "aside": db.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE '\\_pgrepl\\_%'").fetchall(),
+            "cleanup": db.execute("SELECT schema_name FROM _pgrepl.cleanup").fetchall(),
             "restore_sessions": db.execute(
                 "SELECT pid, state FROM pg_stat_activity WHERE application_name = %s", (RESTORE_APP_NAME,)).fetchall(),
         }
 
 
-CLEAN = {"lease": [], "swap": [], "aside": [], "restore_sessions": []}
+CLEAN = {"lease": [], "swap": [], "aside": [], "cleanup": [], "restore_sessions": []}
 
 
 @pytest.fixture(scope="module")

@@ -114,6 +114,12 @@ class ReplicationSettings:
     work_dir: str = ""
     pg_bin_dir: str | None = None
     dump_compression: int = 0
+    #: seconds the switch waits for a lock a reader holds (a kept table it moves) before it gives up and retries
+    switch_lock_timeout: int = 30
+    #: how many more times the switch tries after a lock timeout
+    switch_retries: int = 3
+    #: after the last lock timeout, cancel the sessions blocking the switch instead of failing the night
+    switch_cancel_readers: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backup_mode", {t: TableMode.of(m) for t, m in self.backup_mode.items()})
@@ -372,6 +378,9 @@ def load_replication(env: Mapping[str, str] | None = None, get_connection: Conne
         work_dir=work_dir,
         pg_bin_dir=_get(env, "PG_BIN_DIR"),
         dump_compression=parse_int(env, "PG_DUMP_COMPRESSION", 0, minimum=0, maximum=9),
+        switch_lock_timeout=parse_int(env, "SWITCH_LOCK_TIMEOUT", 30, minimum=1, maximum=3600),
+        switch_retries=parse_int(env, "SWITCH_RETRIES", 3, minimum=0, maximum=100),
+        switch_cancel_readers=parse_bool(env, "SWITCH_CANCEL_READERS", False),
     )
 
 

@@ -57,7 +57,9 @@ def assert_yesterday(target, yesterday) -> None:
     assert now["indexes"] == yesterday["indexes"]
     assert now["constraints"] == yesterday["constraints"]
     with target.connect() as db:
-        assert db.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE '\\_pgrepl\\_prev%'").fetchone()[0] == 0
+        # no staging, shadow or aside schema left, nothing left to clean up
+        assert db.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE '\\_pgrepl\\_%'").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM _pgrepl.cleanup").fetchone()[0] == 0
         assert db.execute("SELECT count(*) FROM _pgrepl.swap").fetchone()[0] == 0
         assert db.execute("SELECT count(*) FROM _pgrepl.lease").fetchone()[0] == 0
         # nothing of tonight's source leaked in
@@ -97,7 +99,7 @@ def add_slow_table(source) -> None:
 def copying_slow(pg_cluster, target) -> list[int]:
     """Backends of the warehouse busy with pg_restore's COPY into ``slow``."""
     return [r[0] for r in pg_cluster.execute(
-        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND query LIKE 'COPY public.slow %%'",
+        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND query ~ '^COPY (public|_pgrepl_stage_public)\\.slow '",
         params=(target.dbname,))]
 
 
@@ -184,21 +186,24 @@ def test_restore_connection_terminated(night, pg_cluster, source_db, target_db):
 
 
 def test_every_warehouse_connection_terminated(night, pg_cluster, source_db, target_db):
-    """(c') the orchestrating connection dies too, so the restore step cannot put things back itself: the warehouse
-    is left swapped, and the ``rollback`` task (here: ``fullcopy.rollback``) heals it; the next night works."""
+    """(c') the orchestrating connection dies too, so the restore step cannot drop its staging work itself: the live
+    warehouse is yesterday's all along (it was never touched), the staging schemas wait, recorded in
+    ``_pgrepl.cleanup``, for the ``rollback`` task (here: ``fullcopy.rollback``); the next night works."""
     settings, yesterday = night
     add_slow_table(source_db)
     fullcopy.dump(settings, "lost-night")
     with target_db.connect() as db:
         warehouse.acquire_lease(db, "lost-run")
     thread, terminated = terminate_when_copying(pg_cluster, target_db, everyone=True)
-    with pytest.raises(Exception):  # pg_restore's failure, or the lost connection's while putting things back
+    with pytest.raises(Exception):  # pg_restore's failure, or the lost connection's while dropping staging
         fullcopy.restore(settings, "lost-night", "lost-run")
     thread.join(5)
     assert len(terminated) >= 2
-    with target_db.connect() as db:  # yesterday waits aside, recorded in _pgrepl.swap, until the rollback task
-        assert db.execute("SELECT count(*) FROM pg_namespace WHERE nspname = '_pgrepl_prev_public'").fetchone()[0] == 1
-    assert fullcopy.rollback(settings) == ["public"]
+    assert table_fingerprint(target_db) == yesterday["tables"]  # readers never lost yesterday's warehouse
+    with target_db.connect() as db:  # tonight's half-built staging waits for the rollback task
+        left = {r[0] for r in db.execute("SELECT schema_name FROM _pgrepl.cleanup").fetchall()}
+        assert "_pgrepl_stage_public" in left
+    assert set(fullcopy.rollback(settings)) == left
     with target_db.connect() as db:
         assert warehouse.release_lease(db, "lost-run")
     assert_yesterday(target_db, yesterday)

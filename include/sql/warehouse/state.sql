@@ -18,3 +18,11 @@ CREATE TABLE IF NOT EXISTS _pgrepl.swap (
 ALTER TABLE _pgrepl.swap ADD COLUMN IF NOT EXISTS moved_types oid[] NOT NULL DEFAULT '{}';
 -- functions moved back with the kept tables whose defaults or checks call them
 ALTER TABLE _pgrepl.swap ADD COLUMN IF NOT EXISTS moved_functions oid[] NOT NULL DEFAULT '{}';
+-- schemas to drop in batches (pgrepl.staging): tonight's staging work after a failure, its shadow, yesterday's
+-- schemas after the switch; a row stays until its schema is gone, so an interrupted cleanup is finished later
+CREATE TABLE IF NOT EXISTS _pgrepl.cleanup (
+    schema_name text PRIMARY KEY,
+    kind text NOT NULL CHECK (kind IN ('staging', 'shadow', 'previous')),
+    run_id text,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);

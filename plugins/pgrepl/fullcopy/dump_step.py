@@ -39,10 +39,14 @@ echo "dump written to $PGREPL_DUMP_DIR"
 """
 
 
+def literal_pattern(name: str) -> str:
+    """A ``pg_dump`` name pattern matching exactly ``name`` (double quotes make every character literal)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def exclude_pattern(table: TableName) -> str:
-    """A ``pg_dump --exclude-table`` pattern matching exactly this table (quotes make every character literal)."""
-    quote = lambda part: '"' + part.replace('"', '""') + '"'  # noqa: E731
-    return f"{quote(table.schema)}.{quote(table.name)}"
+    """A ``pg_dump --exclude-table`` pattern matching exactly this table."""
+    return f"{literal_pattern(table.schema)}.{literal_pattern(table.name)}"
 
 
 def dump_environment(settings: ReplicationSettings, paths: RunPaths, snapshot: str | None,

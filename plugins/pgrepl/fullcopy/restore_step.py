@@ -11,7 +11,7 @@ import time
 
 from dataclasses import dataclass
 
-from pgrepl import catalog, swap, table_modes, workdir
+from pgrepl import catalog, staging, swap, table_modes, workdir
 from pgrepl.fullcopy.common import (
     ClientCommandError,
     PreflightError,
@@ -25,7 +25,8 @@ from pgrepl.fullcopy.preflight_step import check_table_modes
 from pgrepl.pgtools import tool
 from pgrepl.restore_list import KeptPlan, RestoreList, filter_restore_list
 from pgrepl.settings import ReplicationSettings
-from pgrepl.toc import TocFormatError, read_dependencies
+from pgrepl.toc import TocFormatError, read_dependencies, read_entries
+from pgrepl.fullcopy.dump_step import literal_pattern
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class RestorePlan:
     kept_functions: dict[str, list[tuple[str, str]]]  # schema -> [(function name, identity arguments)] kept too
     enum_labels: dict[tuple[str, str], list[str]]  # source labels of the kept enums
     refresh_later: list[list[str]]  # [schema, name] of materialized views to refresh after the incremental step
+    kept_table_ids: set[int]  # dump ids of the TABLE entries of kept tables the warehouse has (not restored)
+    kept_sequences: dict[str, set[str]]  # schema -> unowned sequences kept with the kept tables
 
 
 def build_restore_list(settings: ReplicationSettings, paths: RunPaths) -> RestorePlan:
@@ -148,6 +151,9 @@ def build_restore_list(settings: ReplicationSettings, paths: RunPaths) -> Restor
     kept_types: dict[str, dict[str, str]] = {}
     for (schema, name), typtype in in_warehouse.types.items():
         kept_types.setdefault(schema, {})[name] = typtype
+    kept_sequences: dict[str, set[str]] = {}
+    for schema, name in in_warehouse.sequences:
+        kept_sequences.setdefault(schema, set()).add(name)
     kept_functions: dict[str, list[tuple[str, str]]] = {}
     for schema, name, args in sorted(in_warehouse.functions):
         kept_functions.setdefault(schema, []).append((name, args))
@@ -159,11 +165,85 @@ def build_restore_list(settings: ReplicationSettings, paths: RunPaths) -> Restor
         kept_functions=kept_functions,
         enum_labels=source_labels,
         refresh_later=[list(names[oid]) for oid in refresh if oid in refreshed_in_dump],
+        kept_table_ids={e.dump_id for e, _ in restore_list.dropped if e.objid in present and e.desc == "TABLE"},
+        kept_sequences=kept_sequences,
     )
 
 
+def build_staging(db, settings: ReplicationSettings, paths: RunPaths, planned: RestorePlan, run_id: str) -> dict:
+    """Tonight's definitions into the staging schemas, then the staging archive whose data files are the dump's
+    (:mod:`pgrepl.staging`, steps 1-2). Returns what the rest of the restore needs."""
+    pg_restore = tool("pg_restore", settings.pg_bin_dir)
+    schemas = sorted(planned.replaced)
+    source_entries = read_entries(paths.dump_dir)
+    listed = planned.restore_list.kept
+    deferred = staging.deferred_entries([e.dump_id for e in listed], source_entries, planned.kept_table_ids)
+    by_id = {e.dump_id: e for e in source_entries}
+    with_rows = [by_id[i] for i in deferred if i in by_id and by_id[i].desc in staging.DATA_DESCS]
+    if with_rows:
+        raise swap.SwapError("tables copied in full depend on tables BACKUP_MODE keeps: " + ", ".join(
+            f"{e.namespace}.{e.tag}" for e in with_rows) + " (give them the same mode, or drop the dependency)")
+    ddl = [e for e in listed if e.desc not in staging.DATA_DESCS and e.dump_id not in deferred]
+    # extensions belong to the database, not to tonight's schema: created (if missing) in the live one, whence the
+    # relocatable ones visit the staging DDL and move at the switch
+    extensions = {e.dump_id for e in ddl if e.desc == "EXTENSION"}
+    first = [e for e in ddl if e.dump_id in extensions
+             or (e.desc == "COMMENT" and extensions & set(by_id[e.dump_id].deps if e.dump_id in by_id else ()))]
+    ddl = [e for e in ddl if e not in first]
+    objects = staging.KeptObjects(planned.kept_types, planned.kept_functions, planned.kept_sequences)
+    lists = paths.root / "lists"
+    lists.mkdir(parents=True, exist_ok=True)
+    if first:
+        list_file = lists / "extensions.list"
+        list_file.write_text("".join(e.line + "\n" for e in first))
+        staging.run_script_sql(db, staging.restore_sql(pg_restore, paths.dump_dir, list_file))
+    batches = [ddl[i:i + staging.DDL_BATCH] for i in range(0, len(ddl), staging.DDL_BATCH)] or [[]]
+    for number, batch in enumerate(batches):
+        statements = ""
+        if batch:
+            list_file = lists / f"staging-{number:05d}.list"
+            list_file.write_text("".join(e.line + "\n" for e in batch))
+            statements = staging.restore_sql(pg_restore, paths.dump_dir, list_file)
+        db.rollback()
+        staging.run_in_staging(db, schemas, objects, statements, run_id, first=number == 0)
+    deferred_sql = ""
+    if deferred:
+        list_file = lists / "switch.list"
+        list_file.write_text("".join(e.line + "\n" for e in listed if e.dump_id in deferred))
+        deferred_sql = staging.restore_sql(pg_restore, paths.dump_dir, list_file)
+    stage_dir = paths.root / "staging"
+    shutil.rmtree(stage_dir, ignore_errors=True)
+    patterns = [literal_pattern(staging.stage_name(s)) for s in schemas]
+    with client_environment(settings.target, app_name=RESTORE_APP_NAME) as env:
+        dumped = subprocess.run(
+            [tool("pg_dump", settings.pg_bin_dir), "--format=directory", "--compress=0", "--no-owner",
+             "--no-privileges", *[f"--schema={p}" for p in patterns], f"--file={stage_dir}",
+             f"--dbname={settings.target.safe_url()}"], env=env, capture_output=True, text=True)
+    if dumped.returncode != 0:
+        raise ClientCommandError(f"pg_dump of the staging schemas failed: {dumped.stderr.strip()[-1000:]}")
+    with settings.target.connect() as admin:  # the staging schemas are rebuilt from the archive: out of the way
+        with admin.transaction():
+            for schema in schemas:
+                stage, shadow = staging.stage_name(schema), staging.shadow_name(schema)
+                if staging._exists(admin, shadow):
+                    raise swap.SwapError(f"schema {shadow} exists but is not recorded in _pgrepl.cleanup: drop it")
+                staging._rename(admin, stage, shadow)
+                staging.record_cleanup(admin, shadow, "shadow", run_id)
+    linked = staging.link_data_files(paths.dump_dir, source_entries, stage_dir, read_entries(stage_dir), schemas)
+    stage_list = lists / "staging-archive.list"
+    listing = subprocess.run([pg_restore, "--list", str(stage_dir)], capture_output=True, text=True)
+    if listing.returncode != 0:
+        raise ClientCommandError(f"cannot read the staging archive: {listing.stderr.strip()[-1000:]}")
+    stage_list.write_text(listing.stdout)
+    return {"schemas": schemas, "stage_dir": stage_dir, "stage_list": stage_list, "linked": linked,
+            "deferred_sql": deferred_sql, "deferred": len(deferred), "objects": objects, "ddl_entries": len(ddl),
+            "ddl_batches": len(batches)}
+
+
 def restore(settings: ReplicationSettings, key: str, run_id: str, runner=run_script, dump_host: str | None = None) -> dict:
-    """Restore the dump behind the swap: prepare, pg_restore, then finalize — or roll back on any failure.
+    """Build tonight's copy in staging schemas, switch it in with one short transaction, drop yesterday's in
+    batches (:mod:`pgrepl.staging`); on any failure before the switch drop the staging work: the live warehouse
+    is never touched.
 
     :param dump_host: where the dump task ran (to explain a dump folder this worker cannot see)
     """
@@ -177,14 +257,29 @@ def restore(settings: ReplicationSettings, key: str, run_id: str, runner=run_scr
             )
         raise PreflightError(f"no dump at {paths.dump_dir}: clear the dump task too (the dump is removed after a successful restore)")
     started = time.monotonic()
+    steps: dict[str, float] = {}
+
+    def timed(name: str, t0: float) -> None:
+        steps[name] = round(time.monotonic() - t0, 3)
+
     with settings.target.connect() as db:
         swap.lock_warehouse(db, run_id)
-        if swap.swap_in_progress(db):
-            # before the restore list reads which kept tables the warehouse has: what a crashed attempt half
-            # restored must not count
+        if swap.swap_in_progress(db):  # an attempt of the version before staging stopped half-way
             log.warning("a previous attempt left a swap in progress: putting yesterday's warehouse back first")
             swap.rollback_swap(db)
+        swap.stop_orphan_restores(db)
+        t0 = time.monotonic()
+        leftovers = staging.finish_cleanup(db, lock_timeout=settings.switch_lock_timeout)
+        timed("earlier_cleanup", t0)
+        if leftovers["dropped"]:
+            log.info("finished dropping what earlier runs left: %s", ", ".join(leftovers["dropped"]))
+        unfinished = staging.pending_cleanup(db, ("staging", "shadow"))
+        if unfinished:
+            raise swap.WarehouseBusy("an earlier attempt's staging schemas could not be dropped (a session holds "
+                                     "them): " + ", ".join(s for s, _ in unfinished))
+        t0 = time.monotonic()
         planned = build_restore_list(settings, paths)
+        timed("restore_list", t0)
         restore_list = planned.restore_list
         for entry, reason in restore_list.dropped:
             log.info("not restored: %s (%s)", entry.line, reason)
@@ -194,31 +289,60 @@ def restore(settings: ReplicationSettings, key: str, run_id: str, runner=run_scr
             db.commit()
             if added:
                 log.info("labels added to kept enums: %s", ", ".join(added))
-        plan = swap.prepare_swap(db, run_id, planned.replaced, planned.kept, planned.kept_types,
-                                 planned.kept_functions)
-        log.info("live schemas moved aside: %s; kept in place: %s", plan.schemas, plan.moved_back)
         try:
-            with client_environment(settings.target, extra=restore_environment(settings, paths),
-                                    app_name=RESTORE_APP_NAME) as env:
+            t0 = time.monotonic()
+            built = build_staging(db, settings, paths, planned, run_id)
+            timed("staging_ddl", t0)
+            log.info("staging schemas ready for the rows: %s entries in %s transaction(s), %s created at the switch, "
+                     "%s data files linked (%.0f MB)", built["ddl_entries"], built["ddl_batches"], built["deferred"],
+                     built["linked"].linked, built["linked"].bytes / 1e6)
+            t0 = time.monotonic()
+            env_extra = restore_environment(settings, paths)
+            env_extra.update(PGREPL_DUMP_DIR=str(built["stage_dir"]), PGREPL_LIST_FILE=str(built["stage_list"]))
+            with client_environment(settings.target, extra=env_extra, app_name=RESTORE_APP_NAME) as env:
                 runner(RESTORE_SCRIPT, env)
-            lost = swap.finalize_swap(db)
-        except BaseException as exc:
-            log.error("restore failed: putting yesterday's warehouse back")
-            workdir.mark_restore_failed(paths.root, exc)  # the next attempt takes a fresh dump
+            if built["linked"].by_copy:
+                db.rollback()
+                loaded = staging.copy_by_columns(db, built["linked"].by_copy)
+                log.info("loaded by COPY with the source's column order: %s", loaded)
+            timed("pg_restore", t0)
             db.rollback()
-            swap.rollback_swap(db)
+            result = staging.switch(db, run_id, planned.replaced, planned.kept, built["objects"],
+                                    built["deferred_sql"], settings.switch_lock_timeout, settings.switch_retries,
+                                    settings.switch_cancel_readers)
+            steps["switch"] = result.seconds
+            log.info("switched in %.3f s (attempt %s); kept in place: %s", result.seconds, result.attempts,
+                     result.moved)
+        except BaseException as exc:
+            log.error("restore failed: tonight's staging work is dropped; the live warehouse was not touched")
+            workdir.mark_restore_failed(paths.root, exc)  # the next attempt takes a fresh dump
+            try:
+                db.rollback()
+                staging.finish_cleanup(db, kinds=("staging", "shadow"), lock_timeout=settings.switch_lock_timeout)
+            except Exception as cleanup_error:  # noqa: BLE001 - the restore's own error is the one to report
+                log.warning("staging schemas not dropped yet (the next attempt does it): %s", cleanup_error)
             raise
+        t0 = time.monotonic()
+        cleanup = staging.finish_cleanup(db, lock_timeout=settings.switch_lock_timeout)
+        timed("cleanup", t0)
+    lost = [item for item in cleanup["lost"] if not swap._recreated_by_compat(item)]
+    for item in lost:
+        log.warning("dropped with yesterday's tables (it depended on them): %s", item)
     workdir.record_successful_dump(settings.work_dir, paths.dump_dir, key)
     workdir.clear_restore_failed(paths.root)
     shutil.rmtree(paths.dump_dir, ignore_errors=True)
+    shutil.rmtree(paths.root / "staging", ignore_errors=True)
     return {
         "seconds": round(time.monotonic() - started, 3),
         "log_file": str(paths.log_dir / "pg_restore.log"),
         "items": len(restore_list.kept),
         "skipped": len(restore_list.dropped),
-        "kept_in_place": plan.moved_back,
+        "kept_in_place": result.moved,
         "dropped_with_old_tables": lost,
         "refresh_after_incremental": planned.refresh_later,
+        "steps": steps,
+        "switch": {"seconds": result.seconds, "attempts": result.attempts, "cancelled": result.cancelled},
+        "cleanup_pending": cleanup["pending"],
     }
 
 
@@ -242,6 +366,10 @@ def refresh_after_incremental(settings: ReplicationSettings, views: list[list[st
 
 
 def rollback(settings: ReplicationSettings) -> list[str]:
-    """Put yesterday's warehouse back if a restore was interrupted (no-op otherwise)."""
+    """After a failed restore: drop what it left of its staging work (the live warehouse was never touched), and put
+    yesterday's warehouse back if an attempt of the version before staging stopped half-way. Returns the schemas
+    put back or dropped."""
     with settings.target.connect() as db:
-        return swap.rollback_swap(db)
+        restored = swap.rollback_swap(db)
+        done = staging.finish_cleanup(db, kinds=("staging", "shadow"), lock_timeout=settings.switch_lock_timeout)
+    return restored + sorted(done["dropped"])

@@ -86,10 +86,11 @@ class PgDumpOperator(_ClientCommandOperator):
 
 
 class PgRestoreOperator(_ClientCommandOperator):
-    """``pg_restore --jobs --no-owner --use-list`` into the warehouse behind the schema swap.
+    """Tonight's copy built in staging schemas (``pg_restore --jobs``), switched in with one short transaction.
 
-    The live schemas are moved aside first; on any failure they are put back (yesterday's warehouse stays
-    readable), on success they are dropped and the dump folder removed.
+    Readers keep yesterday's warehouse until the switch commits; on any failure before it the staging work is
+    dropped and the live warehouse was never touched; after it yesterday's schemas are dropped in batches and the
+    dump folder removed.
     Returns ``{"seconds", "log_file", "items", "skipped", "kept_in_place", "dropped_with_old_tables",
     "refresh_after_incremental"}`` (the materialized views ``refresh_views`` refreshes).
     """
@@ -97,7 +98,7 @@ class PgRestoreOperator(_ClientCommandOperator):
     script = fullcopy.RESTORE_SCRIPT
     client_log = "pg_restore.log"
     restart_hint = (
-        ". Yesterday's warehouse is back in place. Fix the cause (source data, warehouse), then clear `restore` "
+        ". The live warehouse was not touched (tonight's staging work is dropped). Fix the cause (source data, warehouse), then clear `restore` "
         "with its downstream tasks: the next attempt takes a fresh dump of the source first"
     )
     ui_color = "#d5f5e3"

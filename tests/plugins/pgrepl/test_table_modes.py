@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from dump_helpers import break_biggest_data_file
 from psycopg import sql
 
 from pgrepl import fullcopy, incremental, table_modes
@@ -312,8 +313,7 @@ def test_failed_restore_puts_kept_types_functions_and_partitions_back(shop, tmp_
     yesterday, ids = contents(target), identities(target, ("orders", *EVENTS))
     day_of_activity(source, 2)
     fullcopy.dump(settings, "bad")
-    data_files = glob.glob(os.path.join(settings.work_dir, "bad", "dump", "[0-9]*.dat*"))
-    os.remove(max(data_files, key=os.path.getsize))  # pg_restore fails mid-way
+    break_biggest_data_file(os.path.join(settings.work_dir, "bad", "dump"))  # pg_restore fails mid-way
     with pytest.raises(RuntimeError, match="command failed"):
         fullcopy.restore(settings, "bad", "bad-run")
     assert contents(target) == yesterday

@@ -13,6 +13,7 @@ import glob
 import os
 
 import pytest
+from dump_helpers import break_biggest_data_file
 
 from conftest import TEST_PASSWORD
 from pgrepl import fullcopy, notify, swap, user_views
@@ -201,8 +202,7 @@ def test_failed_night_leaves_users_views_as_they_were(pg_cluster, roles, setting
     oids = rows(target_db, "SELECT oid, relname FROM pg_class WHERE relkind IN ('v', 'm') ORDER BY 2")
     before = views_state(target_db)
     fullcopy.dump(settings, "bad")
-    data_file = max(glob.glob(os.path.join(settings.work_dir, "bad", "dump", "[0-9]*.dat")), key=os.path.getsize)
-    os.remove(data_file)
+    break_biggest_data_file(os.path.join(settings.work_dir, "bad", "dump"))  # pg_restore fails mid-way
     with pytest.raises(RuntimeError, match="command failed"):
         fullcopy.restore(settings, "bad", "bad-run")
     release(target_db, "bad-run")

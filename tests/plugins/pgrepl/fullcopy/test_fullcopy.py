@@ -8,6 +8,7 @@ import os
 import psycopg
 import psycopg.sql
 import pytest
+from dump_helpers import break_biggest_data_file
 
 from pgrepl import fullcopy
 from pgrepl import swap as warehouse
@@ -94,10 +95,8 @@ def test_failed_restore_puts_yesterday_back(make_settings, source_db, target_db,
         db.execute("UPDATE users SET \"lastName\" = 'changed'")
         db.commit()
     fullcopy.dump(settings, "bad")
-    # break the dump: one table's data file disappears, pg_restore fails mid-way
-    data_files = glob.glob(os.path.join(settings.work_dir, "bad", "dump", "[0-9]*.dat"))
-    data_file = max(data_files, key=os.path.getsize)
-    os.remove(data_file)
+    # break the dump: one table's data file holds a row the warehouse refuses, pg_restore fails mid-way
+    break_biggest_data_file(os.path.join(settings.work_dir, "bad", "dump"))
     with pytest.raises(RuntimeError, match="command failed"):
         fullcopy.restore(settings, "bad", "bad-run")
     assert fingerprint(target_db) == yesterday
