@@ -217,7 +217,7 @@ class Reader(threading.Thread):
 
 def install_gate(pg_cluster, dbname: str) -> None:
     """An event trigger that makes pg_restore's CREATE TABLE wait for advisory lock GATE_KEY (held by the test):
-    the restore stops, deterministically, right after the swap moved yesterday's tables aside."""
+    the restore stops, deterministically, while it builds tonight's tables in the staging schema."""
     statements = [
         "CREATE SCHEMA IF NOT EXISTS testing",
         "GRANT USAGE ON SCHEMA testing TO PUBLIC",
@@ -277,13 +277,15 @@ def test_worker_killed_during_restore_then_cleared(stack, first_night, pg_cluste
             stack.wait_ready()
             stack._poll("pg_restore to reach the gate", lambda: restore_waiting_at_gate(target), timeout=240)
             assert states(stack, run_id)["restore"] == ("running", "beta")
-            assert warehouse_state(target)["swap"], "the swap should be in progress"
+            # tonight's copy is being built in a staging schema, recorded for the cleanup; the live one is untouched
+            assert ("_pgrepl_stage_public",) in warehouse_state(target)["cleanup"], "staging should be in progress"
+            assert table_fingerprint(target) == yesterday_fingerprint
 
             # beta's host dies: its Celery worker and task processes; pg_restore, in a session of its own, lives on
             stack.kill_worker("beta")
             assert own_processes(stack, "pg_restore"), "pg_restore should outlive its worker (orphan)"
 
-            # the scheduler fails the silent task, rollback (alpha) stops the orphan and puts yesterday back
+            # the scheduler fails the silent task, rollback (alpha) stops the orphan and drops the staging work
             state = stack.wait_for_run(DAG_ID, run_id, timeout=240)
             tasks = states(stack, run_id)
             assert state == "failed" and tasks["restore"][0] == "failed", tasks
@@ -323,8 +325,8 @@ def test_worker_killed_during_restore_then_cleared(stack, first_night, pg_cluste
     assert [s for s in kept if s.error] == []
     assert {s.count for s in kept} <= {yesterday[KEPT], tonight[KEPT]}
     assert kept[0].count == yesterday[KEPT] and kept[-1].count == tonight[KEPT]
-    # the replaced table: yesterday's until the swap, tonight's after; between the rollback and the cleared restore
-    # (beta down), yesterday's again, complete
+    # the replaced table: yesterday's until the switch, tonight's after; between the rollback and the cleared
+    # restore (beta down), yesterday's still, complete
     assert replaced[0].count == yesterday[REPLACED] and replaced[-1].count == tonight[REPLACED]
     second_restore = task_times(stack, run_id, "restore")
     between = [s for s in replaced if rolled_back + timedelta(seconds=1) < s.at < second_restore[0]]

@@ -99,7 +99,9 @@ def add_slow_table(source) -> None:
 def copying_slow(pg_cluster, target) -> list[int]:
     """Backends of the warehouse busy with pg_restore's COPY into ``slow``."""
     return [r[0] for r in pg_cluster.execute(
-        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND query ~ '^COPY (public|_pgrepl_stage_public)\\.slow '",
+        # the load (FROM stdin), not the staging archive's pg_dump reading the empty table (TO stdout)
+        "SELECT pid FROM pg_stat_activity WHERE datname = %s "
+        "AND query ~ '^COPY (public|_pgrepl_stage_public)\\.slow .* FROM stdin'",
         params=(target.dbname,))]
 
 
