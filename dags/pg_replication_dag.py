@@ -10,7 +10,7 @@ Replaces the seed's bull queues (`1024pix/pix-db-replication`):
 | `restore` | tonight's copy built in staging schemas (`pg_restore --jobs`), switched in by one short transaction; readers keep yesterday's warehouse until then, a failure never touches it |
 | `rollback` | only after a failed restore: drops what is left of its staging work |
 | `compat_views` | `include/sql/compat/*.sql` |
-| `enrichment` | every `include/sql/enrichment/*.sql`, in name order |
+| `enrichment` | `include/sql/indexes/*.sql` again (built by the restore already; here for `BACKUP_MODE` tables), then every `include/sql/enrichment/*.sql`, in name order |
 | `incremental_tables` | the `incremental` tables of `BACKUP_MODE`, parents first |
 | `incremental` | one mapped task per `incremental` table: new rows by key (and late commits, source deletes), streamed with COPY in one transaction |
 | `refresh_views` | refreshes the materialized views that read kept tables, now that the incremental rows are in |
@@ -100,7 +100,7 @@ with DAG(
     )
     enrichment = WarehouseSQLOperator(
         task_id="enrichment",
-        sql=template_names("enrichment"),
+        sql=template_names("indexes") + template_names("enrichment"),
     )
 
     @task(retries=0)

@@ -60,7 +60,7 @@ def run_full_copy(settings: ReplicationSettings, key: str, run_id: str | None = 
         run_sql(settings.target, sqlfiles.rendered("compat"), run_id)
         compat_seconds = time.monotonic() - t0
         t0 = time.monotonic()
-        run_sql(settings.target, sqlfiles.rendered("enrichment"), run_id, settings.jobs)
+        run_sql(settings.target, sqlfiles.rendered("indexes") + sqlfiles.rendered("enrichment"), run_id, settings.jobs)
         enrichment_seconds = time.monotonic() - t0
         views = user_views.recreate(settings, run_id)
     finally:

@@ -11,7 +11,7 @@ import time
 
 from dataclasses import dataclass
 
-from pgrepl import catalog, staging, swap, table_modes, workdir
+from pgrepl import catalog, sqlfiles, staging, swap, table_modes, workdir
 from pgrepl.fullcopy.common import (
     ClientCommandError,
     PreflightError,
@@ -204,6 +204,9 @@ def build_staging(db, settings: ReplicationSettings, paths: RunPaths, planned: R
             list_file = lists / f"staging-{number:05d}.list"
             list_file.write_text("".join(e.line + "\n" for e in batch))
             statements = staging.restore_sql(pg_restore, paths.dump_dir, list_file)
+        if number == len(batches) - 1:  # include/sql/indexes on the empty staging tables: the archive carries them
+            statements += "".join(f"\n-- include/sql/indexes/{name}\n{text}\n"
+                                  for name, text in sqlfiles.rendered("indexes"))
         db.rollback()
         staging.run_in_staging(db, schemas, objects, statements, run_id, first=number == 0)
     deferred_sql = ""

@@ -252,3 +252,25 @@ def test_failure_lines_pick_errors_out_of_parallel_output():
     )
     assert fullcopy.failure_lines(output) == [
         "pg_restore: error: COPY failed for table \"guarded\": ERROR:  new row violates check constraint"]
+
+
+def test_indexes_folder_is_built_by_the_restore_and_enrichment_covers_kept_tables(make_settings, source_db, target_db):
+    """include/sql/indexes: built inside pg_restore's run (in the staging archive, so readers get them with the
+    switch, named as the file says and with its definition); the enrichment step builds the one on a kept table."""
+    names = {"knowledge-elements_createdAt_idx", "knowledge-element-snapshots_snappedAt_idx",
+             "answers_challengeId_idx", "users_createdAt_idx"}
+    settings = make_settings()
+    fullcopy.run_full_copy(settings, "night1")
+    kept = make_settings(backup_mode={TableName("public", "users"): "none"})
+    fullcopy.dump(kept, "night2")
+    fullcopy.restore(kept, "night2", "night2")
+    built = {r[0]: r[1] for r in rows(target_db, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'")}
+    assert names <= set(built)  # users kept its own from night 1; the others came with tonight's tables
+    assert 'USING btree ("challengeId")' in built["answers_challengeId_idx"]
+    log = open(os.path.join(settings.work_dir, "night2", "logs", "pg_restore.log")).read()
+    assert "INDEX answers_challengeId_idx" in log  # pg_restore built it, not the enrichment step
+    with target_db.connect() as db:  # a kept table without it: the enrichment step builds it
+        db.execute('DROP INDEX "users_createdAt_idx"')
+        db.commit()
+    fullcopy.run_sql(target_db, fullcopy.sqlfiles.rendered("indexes"), "night2")
+    assert "users_createdAt_idx" in relnames(target_db, "i")
