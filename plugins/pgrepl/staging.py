@@ -193,6 +193,56 @@ def finish_cleanup(db, batch_size: int = DROP_BATCH, on_batch=None, lock_timeout
     return result
 
 
+# -- disk -----------------------------------------------------------------------------------------
+
+class WarehouseDiskFull(PgreplError, RuntimeError):
+    """The warehouse's disk cannot take tonight's staging copy. No retry: space does not free itself."""
+
+    retryable = False
+
+
+def record_staging_size(db, schemas: list[str], run_id: str) -> int:
+    """Remember the size of tonight's staging schemas (tables, indexes, TOAST), before the switch; commits."""
+    size = db.execute(
+        "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c "
+        "WHERE c.relnamespace IN (SELECT oid FROM pg_namespace WHERE nspname = ANY(%s)) AND c.relkind IN ('r', 'm')",
+        ([stage_name(s) for s in schemas],)).fetchone()[0]
+    db.execute("INSERT INTO _pgrepl.staging_size (id, bytes, run_id) VALUES (1, %s, %s) ON CONFLICT (id) DO UPDATE "
+               "SET bytes = EXCLUDED.bytes, run_id = EXCLUDED.run_id, recorded_at = now()", (size, run_id))
+    db.commit()
+    return size
+
+
+def check_warehouse_space(db) -> dict:
+    """Before the night: the warehouse's disk must hold another copy of the replaced tables (the last night's
+    staging size). Checked where the warehouse's data directory is visible from here (a warehouse on this machine,
+    a role allowed to read ``data_directory``); otherwise the figure is logged for whoever watches the disk.
+    Returns ``{"needed_bytes", "free_bytes"}`` (``None`` when unknown)."""
+    import shutil
+
+    swap.ensure_state(db)
+    row = db.execute("SELECT bytes, run_id FROM _pgrepl.staging_size").fetchone()
+    db.rollback()
+    if row is None:
+        return {"needed_bytes": None, "free_bytes": None}
+    needed, last_run = row
+    try:
+        data_dir = db.execute("SELECT current_setting('data_directory')").fetchone()[0]
+    except psycopg.errors.InsufficientPrivilege:
+        data_dir = None
+    db.rollback()
+    if not data_dir or not os.path.isdir(data_dir):
+        log.info("the warehouse needs about %.1f GB free for tonight's staging copy (the size of %s's); its disk is "
+                 "not visible from here", needed / 1e9, last_run)
+        return {"needed_bytes": needed, "free_bytes": None}
+    free = shutil.disk_usage(data_dir).free
+    if free < needed:
+        raise WarehouseDiskFull(
+            f"the warehouse's disk ({data_dir}) has {free / 1e9:.1f} GB free but tonight's staging copy needs about "
+            f"{needed / 1e9:.1f} GB (the size of {last_run}'s): free space there before the night (nothing changed)")
+    return {"needed_bytes": needed, "free_bytes": free}
+
+
 # -- staging DDL ----------------------------------------------------------------------------------
 
 _RESTRICT = re.compile(r"^\\(un)?restrict \S+$")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from pgrepl import fullcopy, lease, swap, workdir
+from pgrepl import fullcopy, lease, staging, swap, workdir
 from pgrepl.errors import airflow_errors
 from pgrepl.settings import (
     SettingsError,
@@ -55,6 +55,11 @@ def preflight(run_id: str, dag_id: str | None = None) -> dict:
         with settings.target.connect() as db:
             lease.take_lease(db, run_id, lease.airflow_run_state(dag_id) if dag_id else None)
             pending = swap.swap_in_progress(db)
+            try:
+                warehouse_space = staging.check_warehouse_space(db)
+            except staging.WarehouseDiskFull:
+                swap.release_lease(db, run_id)
+                raise
         # the lease is ours: no other run uses the work folder's dumps now
         workdir.prune_failed_dumps(settings.work_dir, fullcopy.run_key(run_id))
         try:
@@ -73,15 +78,17 @@ def preflight(run_id: str, dag_id: str | None = None) -> dict:
         "notifications": len(notifications),
         "source_server_major": facts["server_major"],
         "work_dir_free_bytes": space["free_bytes"],
+        "warehouse_needs_bytes": warehouse_space["needed_bytes"],
+        "warehouse_free_bytes": warehouse_space["free_bytes"],
     }
     log.info("preflight ok: %s", result)
     return result
 
 
 def rollback(run_id: str) -> list[str]:
-    """Put yesterday's warehouse back after a failed restore (no-op when nothing is aside)."""
+    """After a failed restore: drop its staging work (the live warehouse was never touched)."""
     restored = fullcopy.rollback(replication_settings())
-    log.info("schemas put back: %s", restored or "none (nothing was aside)")
+    log.info("staging schemas dropped: %s", restored or "none (nothing was left)")
     return restored
 
 

@@ -26,3 +26,10 @@ CREATE TABLE IF NOT EXISTS _pgrepl.cleanup (
     run_id text,
     recorded_at timestamptz NOT NULL DEFAULT now()
 );
+-- the size of the last night's staging copy (its tables and indexes): what the next night needs free on the disk
+CREATE TABLE IF NOT EXISTS _pgrepl.staging_size (
+    id integer PRIMARY KEY DEFAULT 1 CHECK (id = 1),
+    bytes bigint NOT NULL,
+    run_id text,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);

@@ -310,6 +310,7 @@ def restore(settings: ReplicationSettings, key: str, run_id: str, runner=run_scr
                 log.info("loaded by COPY with the source's column order: %s", loaded)
             timed("pg_restore", t0)
             db.rollback()
+            staged_bytes = staging.record_staging_size(db, built["schemas"], run_id)
             result = staging.switch(db, run_id, planned.replaced, planned.kept, built["objects"],
                                     built["deferred_sql"], settings.switch_lock_timeout, settings.switch_retries,
                                     settings.switch_cancel_readers)
@@ -346,6 +347,7 @@ def restore(settings: ReplicationSettings, key: str, run_id: str, runner=run_scr
         "steps": steps,
         "switch": {"seconds": result.seconds, "attempts": result.attempts, "cancelled": result.cancelled},
         "cleanup_pending": cleanup["pending"],
+        "staged_bytes": staged_bytes,
     }
 
 
