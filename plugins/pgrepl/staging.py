@@ -599,8 +599,39 @@ def _switch_once(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str,
             db.execute(deferred_sql)
             _set_lock_timeout(db, lock_timeout)
         user_views.on_finalize(db)
+        user_views.recreate_plain_views(db)  # readers never miss them; materialized ones wait for tonight's rows
         db.execute("DELETE FROM _pgrepl.swap")
     return moved_names
+
+
+def _describe_blocker(pid, user, app, state, since, query) -> str:
+    """One blocking session, as far as the warehouse role may see it (another role's session shows only its pid, role
+    and application without ``pg_read_all_stats``)."""
+    if state is None:
+        return (f"pid {pid} ({user}, {app or 'no application_name'}; what it runs is hidden from the warehouse role: "
+                "grant it pg_read_all_stats to see it)")
+    return (f"pid {pid} ({user}, {app or 'no application_name'}, {state}"
+            + (f", in a transaction since {since:%H:%M:%S}" if since else "") + f": {query!r})")
+
+
+def _cancel(db, blockers) -> list[int]:
+    """Cancel each blocking session's statement, or end the session when it is idle in its transaction (cancelling
+    would not free its lock) or when what it does is hidden. :class:`SwitchBlocked` (no retry) when the role may not."""
+    done = []
+    for pid, user, _app, state, _since, _query in blockers:
+        fn = "pg_cancel_backend" if state == "active" else "pg_terminate_backend"
+        try:
+            with db.transaction():
+                db.execute(sql.SQL("SELECT {}(%s)").format(sql.Identifier(fn)), (pid,))
+        except psycopg.errors.InsufficientPrivilege:
+            db.rollback()
+            raise SwitchBlocked(
+                f"SWITCH_CANCEL_READERS: the warehouse role may not cancel pid {pid} of role {user} that blocks the "
+                f"switch: GRANT pg_signal_backend TO the warehouse role (or GRANT {user} TO it). Nothing was switched: "
+                "the warehouse is yesterday's", retryable=False) from None
+        done.append(pid)
+    db.commit()
+    return done
 
 
 def switch(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str, set[str]], objects: KeptObjects,
@@ -625,20 +656,13 @@ def switch(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str, set[s
             db.rollback()
             blockers = db.execute(_BLOCKERS, (touched,)).fetchall() if touched else []
             db.rollback()
-            described = "; ".join(
-                f"pid {pid} ({user}, {app or 'no application_name'}, {state}, in a transaction since "
-                f"{since:%H:%M:%S}: {query!r})" for pid, user, app, state, since, query in blockers
-            ) or "sessions that had ended by the time they were looked for"
+            described = "; ".join(_describe_blocker(*row) for row in blockers) or \
+                "sessions that had ended by the time they were looked for"
             log.warning("switch attempt %s waited %s s for readers: %s", attempt, lock_timeout, described)
             if attempt <= retries:
                 continue
             if cancel_readers and blockers and not cancelled:
-                for pid, _user, _app, state, _since, _query in blockers:
-                    # a session idle in its transaction keeps its locks when its (absent) query is cancelled
-                    fn = "pg_terminate_backend" if state and state.startswith("idle") else "pg_cancel_backend"
-                    db.execute(sql.SQL("SELECT {}(%s)").format(sql.Identifier(fn)), (pid,))
-                    cancelled.append(pid)
-                db.commit()
+                cancelled = _cancel(db, blockers)
                 log.warning("SWITCH_CANCEL_READERS: cancelled the sessions blocking the switch: %s", described)
                 continue
             raise SwitchBlocked(

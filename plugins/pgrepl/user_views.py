@@ -249,6 +249,40 @@ def _create(db, view: dict) -> str | None:
     return owner_problem
 
 
+def recreate_plain_views(db) -> list[str]:
+    """Inside the switch's transaction, after :func:`on_finalize`: the saved plain views, created again at once so
+    that readers never miss them. Materialized views wait for the ``user_views`` task (they need tonight's
+    incremental rows), and so does a view that does not compile here (that task retries and reports it)."""
+    columns = _COLUMNS + ("state", "broken_since")
+    rows = db.execute(sql.SQL(
+        "SELECT {} FROM _pgrepl.user_views WHERE state = 'dropped' AND kind = 'v' ORDER BY saved_at, position"
+    ).format(sql.SQL(", ").join(map(sql.Identifier, columns)))).fetchall()
+    if not rows:
+        return []
+    db.execute("SELECT pg_catalog.set_config('search_path', '', true)")  # definitions are fully qualified
+    recreated = []
+    for row in rows:
+        view = dict(zip(columns, row))
+        if _exists(db, view["schema_name"], view["view_name"]):
+            continue  # the user_views task says so
+        try:
+            with db.transaction():
+                owner_problem = _create(db, view)
+        except Exception as exc:  # noqa: BLE001 - left to the user_views task, which reports it
+            log.info("user view %s.%s not recreated at the switch (%s): the user_views task tries again",
+                     view["schema_name"], view["view_name"], _first_line(exc))
+            continue
+        if owner_problem:
+            log.warning("user view %s.%s recreated at the switch, owned by the warehouse role: its owner %s could not "
+                        "be set back (%s)", view["schema_name"], view["view_name"], view["owner"], owner_problem)
+        db.execute("UPDATE _pgrepl.user_views SET state = 'switched', error = %s "
+                   "WHERE schema_name = %s AND view_name = %s", (owner_problem, view["schema_name"], view["view_name"]))
+        recreated.append(f"{view['schema_name']}.{view['view_name']}")
+    if recreated:
+        log.info("users' views recreated with the switch: %s", ", ".join(recreated))
+    return recreated
+
+
 def recreate_saved(db) -> dict:
     """Recreate every ``dropped`` or ``broken`` saved view (one transaction, a savepoint each; commits).
 
@@ -261,6 +295,12 @@ def recreate_saved(db) -> dict:
         "SELECT {} FROM _pgrepl.user_views WHERE state IN ('dropped', 'broken') ORDER BY saved_at, position"
     ).format(sql.SQL(", ").join(map(sql.Identifier, columns)))).fetchall()
     result: dict = {"recreated": [], "already_there": [], "failed": [], "owner_not_restored": []}
+    for schema, name, owner, owner_problem in db.execute(  # recreated at the switch already
+            "DELETE FROM _pgrepl.user_views WHERE state = 'switched' RETURNING schema_name, view_name, owner, error "
+            "").fetchall():
+        result["recreated"].append(f"{schema}.{name}")
+        if owner_problem:
+            result["owner_not_restored"].append({"view": f"{schema}.{name}", "owner": owner, "error": owner_problem})
     db.execute("SELECT pg_catalog.set_config('search_path', '', true)")  # definitions are fully qualified
     pending = []
     for row in rows:
