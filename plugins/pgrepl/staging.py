@@ -536,21 +536,6 @@ SELECT DISTINCT a.pid, a.usename, a.application_name, a.state, a.xact_start, lef
 """
 
 
-def _staying(db, schema: str, replaced: set[str], kept: set[str]) -> list[tuple[int, str]]:
-    """Relations of live ``schema`` the restore does not replace (a partition goes where its parent goes)."""
-    candidates = db.execute(sqlfiles.load("warehouse/movable_relations"), (schema,)).fetchall()
-    replaced_names = replaced - kept
-    parent_of = {oid: parent for oid, _relname, parent in candidates}
-    partitions = {oid for oid, _relname, parent in candidates if parent in parent_of}
-    staying = {oid for oid, relname, _parent in candidates if oid not in partitions and relname not in replaced_names}
-
-    def root_stays(oid: int) -> bool:
-        while oid in partitions:
-            oid = parent_of[oid]
-        return oid in staying
-
-    return [(oid, relname) for oid, relname, _parent in candidates if root_stays(oid)]
-
 
 def _switch_once(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str, set[str]], objects: KeptObjects,
                  deferred_sql: str, lock_timeout: float, touched: list[int]) -> dict[str, list[str]]:
@@ -573,7 +558,7 @@ def _switch_once(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str,
                                     + "_" + schema)
                     _rename(db, prev, old)
                     record_cleanup(db, old, "previous", run_id)
-                moved = _staying(db, schema, replaced.get(schema, set()) | users.get(schema, set()),
+                moved = swap.staying_relations(db, schema, replaced.get(schema, set()) | users.get(schema, set()),
                                  kept.get(schema, set()))
                 touched.extend(oid for oid, _ in moved)
                 for oid, _name in moved:

@@ -218,10 +218,10 @@ def _move_aside(db, schema: str, aside: str) -> None:
     _copy_schema_acl(db, aside, schema)
 
 
-def _bring_back(db, schema: str, aside: str, replaced: set[str], kept: set[str]) -> tuple[list[int], list[str]]:
-    """Move back from ``aside`` into ``schema`` every relation the restore does not replace; ``(oids, names)``.
-    A partition goes where its parent goes (a kept parent brings all its partitions back)."""
-    candidates = db.execute(sqlfiles.load("warehouse/movable_relations"), (aside,)).fetchall()
+def staying_relations(db, schema: str, replaced: set[str], kept: set[str]) -> list[tuple[int, str]]:
+    """``(oid, name)`` of the relations of ``schema`` the restore does not replace (``replaced`` minus ``kept``); a
+    partition goes where its parent goes (a kept parent takes all its partitions along)."""
+    candidates = db.execute(sqlfiles.load("warehouse/movable_relations"), (schema,)).fetchall()
     replaced_names = replaced - kept
     parent_of = {oid: parent for oid, _relname, parent in candidates}
     partitions = {oid for oid, _relname, parent in candidates if parent in parent_of}
@@ -232,7 +232,12 @@ def _bring_back(db, schema: str, aside: str, replaced: set[str], kept: set[str])
             oid = parent_of[oid]
         return oid in staying
 
-    moved = [(oid, relname) for oid, relname, _parent in candidates if root_stays(oid)]
+    return [(oid, relname) for oid, relname, _parent in candidates if root_stays(oid)]
+
+
+def _bring_back(db, schema: str, aside: str, replaced: set[str], kept: set[str]) -> tuple[list[int], list[str]]:
+    """Move back from ``aside`` into ``schema`` every relation the restore does not replace; ``(oids, names)``."""
+    moved = staying_relations(db, aside, replaced, kept)
     # dependencies follow OIDs, so the order of these moves does not matter
     for oid, _ in moved:
         _move_relation(db, oid, schema)
