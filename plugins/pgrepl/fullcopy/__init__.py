@@ -1,7 +1,8 @@
 """The full copy, one module per phase: dump the source, restore it into the warehouse behind a safe swap.
 
 * :mod:`~pgrepl.fullcopy.preflight_step` — settings, databases, client tools, the work folder;
-* :mod:`~pgrepl.fullcopy.dump_step` — ``pg_dump`` in a snapshot shared with the row counts;
+* :mod:`~pgrepl.fullcopy.dump_step` — ``pg_dump`` in an exported snapshot; rows counted from the dump
+  (:mod:`~pgrepl.fullcopy.row_counts`);
 * :mod:`~pgrepl.fullcopy.restore_step` — the restore list, ``pg_restore`` behind the swap (:mod:`pgrepl.swap`);
 * :mod:`~pgrepl.fullcopy.sql_steps` — compat views and enrichment files on the warehouse;
 * :mod:`~pgrepl.fullcopy.common` — the run's folders, the clients' environment, running a client script.

@@ -1,18 +1,19 @@
 """Dump: ``pg_dump`` of the source (directory format, parallel, without the rows of the kept tables and of their
-partitions: their structure is dumped) in a snapshot shared with a count of every dumped table's rows."""
+partitions: their structure is dumped) in an exported snapshot; every dumped table's rows are then counted from the
+dump's own data files (:mod:`pgrepl.fullcopy.row_counts`), so the project locks no table on the source beyond
+what pg_dump itself locks."""
 
 from __future__ import annotations
 
+import logging
 import sys
-import threading
 import time
 from contextlib import contextmanager
 
-from pgrepl import catalog, table_modes, workdir
-from pgrepl.errors import PgreplError, is_retryable
+from pgrepl import catalog, sqlfiles, table_modes, workdir
+from pgrepl.fullcopy import row_counts
 from pgrepl.fullcopy.common import (
     RunPaths,
-    _first_line,
     client_environment,
     run_paths,
     run_script,
@@ -20,6 +21,8 @@ from pgrepl.fullcopy.common import (
 )
 from pgrepl.pgtools import tool
 from pgrepl.settings import ReplicationSettings, TableName
+
+log = logging.getLogger(__name__)
 
 # The two client commands. Everything variable comes from the environment (no password among it: PGPASSFILE).
 DUMP_SCRIPT = r"""set -euo pipefail
@@ -90,50 +93,34 @@ def kept_relations(settings: ReplicationSettings, db, relations=None) -> tuple[l
     return relations, table_modes.plan_modes(settings, relations, facts)
 
 
-def dumped_tables(settings: ReplicationSettings, db, relations=None, plan=None) -> list[tuple[str, str]]:
-    """``(schema, table)`` of every table whose rows the dump holds."""
-    if plan is None:
-        relations, plan = kept_relations(settings, db, relations)
-    return [(r.schema, r.name) for r in relations if r.is_table and r.oid not in plan.kept]
-
-
-class CountThread(threading.Thread):
-    """Counts the dumped tables' rows in the dump's snapshot while pg_dump runs."""
-
-    def __init__(self, db, tables):
-        super().__init__(name="pgrepl-count", daemon=True)
-        self.db, self.tables, self.counts, self.error = db, tables, {}, None
-
-    def run(self) -> None:
-        try:
-            self.counts = catalog.count_rows(self.db, self.tables)
-        except Exception as exc:  # reported by the caller
-            self.error = exc
+def read_parents(db) -> dict[int, int]:
+    """``child -> parent`` of every partition and inheritance child (``pg_inherits``; catalog only)."""
+    return dict(db.execute(sqlfiles.load("source/inheritance")).fetchall())
 
 
 def dump(settings: ReplicationSettings, key: str, runner=run_script) -> dict:
-    """Dump the source (directory format, parallel, kept tables' rows left out); count rows in the same snapshot."""
+    """Dump the source (directory format, parallel, kept tables' rows left out); count the rows from the dump.
+
+    The exported-snapshot transaction only reads the catalog (no table is locked but by pg_dump); the rows are
+    counted afterwards from the dump's data files (:mod:`pgrepl.fullcopy.row_counts`), without a source connection.
+    """
     paths = run_paths(settings, key)
     started = time.monotonic()
     with exported_snapshot(settings) as (db, snapshot):
         relations, plan = kept_relations(settings, db)
-        tables = dumped_tables(settings, db, relations, plan)
-        counter = CountThread(db, tables)
+        parents = read_parents(db)
         extra = dump_environment(settings, paths, snapshot, plan.table_names())
         with client_environment(settings.source, extra=extra) as env:
-            counter.start()
-            try:
-                runner(DUMP_SCRIPT, env)
-            finally:
-                counter.join()
-        if counter.error:
-            raise PgreplError(f"counting the source rows failed: {_first_line(counter.error)}",
-                              retryable=is_retryable(counter.error))
+            runner(DUMP_SCRIPT, env)
+    dumped = time.monotonic()
+    tables = [r for r in relations if r.is_table and r.oid not in plan.kept]
+    counts = row_counts.table_counts(paths.dump_dir, tables, parents, settings.jobs)
+    log.info("counted the rows of %s tables from the dump in %.2f s", len(counts), time.monotonic() - dumped)
     workdir.clear_restore_failed(paths.root)  # a new dump: no restore failed on it yet
     return {
         "host": worker_hostname(),
         "dump_dir": str(paths.dump_dir),
         "log_file": str(paths.log_dir / "pg_dump.log"),
         "seconds": round(time.monotonic() - started, 3),
-        "source_counts": counter.counts,
+        "source_counts": counts,
     }
