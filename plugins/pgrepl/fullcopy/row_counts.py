@@ -14,6 +14,7 @@ exactly what the restore loads.
 from __future__ import annotations
 
 import gzip
+import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,32 +35,47 @@ class DumpCountError(PgreplError, RuntimeError):
     retryable = True
 
 
-def _data_path(dump_dir: Path, filename: str) -> Path:
-    """The file on disk for a ``toc.dat`` file name: ``1234.dat`` or, compressed, ``1234.dat.gz``."""
-    plain = dump_dir / filename
-    if plain.exists():
-        return plain
-    compressed = dump_dir / (filename + ".gz")
-    if compressed.exists():
-        return compressed
-    others = sorted(p.name for p in dump_dir.glob(filename + ".*"))
+def _data_path(dump_dir: Path, filename: str, present: set[str] | None = None) -> Path:
+    """The file on disk for a ``toc.dat`` file name: ``1234.dat`` or, compressed, ``1234.dat.gz``.
+
+    :param present: the names in ``dump_dir`` (one directory listing for every entry), read here if not given.
+    """
+    present = set(os.listdir(dump_dir)) if present is None else present
+    for name in (filename, filename + ".gz"):
+        if name in present:
+            return dump_dir / name
+    others = sorted(name for name in present if name.startswith(filename + "."))
     if others:
         raise DumpCountError(f"dump data file {others[0]} in {dump_dir}: only uncompressed and gzip dumps "
                              "(PG_DUMP_COMPRESSION 0-9) can be counted")
     raise DumpCountError(f"dump data file {filename} is missing in {dump_dir}: take a fresh dump")
 
 
+def _count_plain(path: Path) -> tuple[int, bytes]:
+    """``(newlines, last bytes)`` of an uncompressed file, read into one buffer sized for it (at most :data:`CHUNK`)."""
+    newlines, tail = 0, b""
+    with open(path, "rb", buffering=0) as handle:
+        buffer = bytearray(max(1, min(CHUNK, os.fstat(handle.fileno()).st_size)))
+        while n := handle.readinto(buffer):
+            newlines += buffer.count(b"\n", 0, n)
+            tail = (tail + bytes(buffer[max(0, n - len(TRAILER)):n]))[-len(TRAILER):]
+    return newlines, tail
+
+
+def _count_gzip(path: Path) -> tuple[int, bytes]:
+    newlines, tail = 0, b""
+    with gzip.open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            newlines += chunk.count(b"\n")
+            tail = (tail + chunk[-len(TRAILER):])[-len(TRAILER):]
+    return newlines, tail
+
+
 def count_data_file(path: str | Path) -> int:
     """Rows of one data file (plain or ``.gz``): its lines before the closing ``\\.``."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    newlines = 0
-    tail = b""
     try:
-        with opener(path, "rb") as handle:
-            while chunk := handle.read(CHUNK):
-                newlines += chunk.count(b"\n")
-                tail = (tail + chunk)[-len(TRAILER):]
+        newlines, tail = (_count_gzip if path.suffix == ".gz" else _count_plain)(path)
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DumpCountError(f"cannot read dump data file {path}: {exc}") from exc
     if tail != TRAILER:
@@ -72,7 +88,8 @@ def count_entries(dump_dir: str | Path, entries: Iterable[TocEntry], jobs: int =
     """``{(schema, table): rows}`` of every ``TABLE DATA`` entry, ``jobs`` files at a time."""
     dump_dir = Path(dump_dir)
     data = [e for e in entries if e.desc == "TABLE DATA" and e.filename]
-    paths = [_data_path(dump_dir, e.filename) for e in data]
+    present = set(os.listdir(dump_dir))
+    paths = [_data_path(dump_dir, e.filename, present) for e in data]
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="pgrepl-count") as pool:
         counts = list(pool.map(count_data_file, paths))
     result: dict[tuple[str, str], int] = {}

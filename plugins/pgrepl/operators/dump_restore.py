@@ -66,8 +66,8 @@ class _ClientCommandOperator(BashOperator):
 
 class PgDumpOperator(_ClientCommandOperator):
     """``pg_dump`` of the source: directory format, ``--jobs``, rows of the tables ``BACKUP_MODE`` keeps (and of their
-    partitions) left out, their structure kept, in a snapshot
-    shared with a row count of every dumped table (for verification).
+    partitions) left out, their structure kept, in an exported snapshot; every dumped table's rows are then
+    counted from the dump's data files (for verification), with no further lock on the source.
 
     Returns ``{"dump_dir", "log_file", "seconds", "source_counts"}``.
     """
