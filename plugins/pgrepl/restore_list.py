@@ -26,6 +26,11 @@ MULTI_WORD_DESCS = sorted(
     reverse=True,
 )
 
+#: the multi-word kinds by their first word, longest first (one dictionary lookup per line instead of a scan)
+_MULTI_WORD_BY_FIRST: dict[str, list[str]] = {}
+for _desc in MULTI_WORD_DESCS:
+    _MULTI_WORD_BY_FIRST.setdefault(_desc.split(" ", 1)[0], []).append(_desc)
+
 #: kinds whose dumpId line carries no catalog id ("0 0") and whose tag names a sequence
 SEQUENCE_NAMED = ("SEQUENCE SET", "SEQUENCE OWNED BY")
 
@@ -137,9 +142,9 @@ def parse_toc(text: str) -> list[TocEntry]:
         if len(parts) < 3:
             raise ValueError(f"unexpected restore-list line: {line!r}")
         classid, objid, remainder = int(parts[0]), int(parts[1]), parts[2]
-        desc = next((d for d in MULTI_WORD_DESCS if remainder == d or remainder.startswith(d + " ")), None)
-        if desc is None:
-            desc = remainder.split(" ", 1)[0]
+        first = remainder.split(" ", 1)[0]
+        desc = next((d for d in _MULTI_WORD_BY_FIRST.get(first, ())
+                     if remainder == d or remainder.startswith(d + " ")), first)
         rest = remainder[len(desc):].lstrip(" ")
         entries.append(TocEntry(line, int(head), classid, objid, desc, rest))
     return entries
