@@ -4,13 +4,13 @@ For each size (default 500, 2000, 5000 tables) a throwaway source gets that many
 key, an index, every tenth a foreign key to the table before it, a view over every twentieth) and 5 % of them are
 ``BACKUP_MODE`` ``incremental``. Night 1 is a plain ``pg_restore`` of the project's dump into the warehouse (so the
 kept tables are there); then night 2's steps before ``pg_restore`` are timed one by one, as
-:func:`pgrepl.fullcopy.restore_step.build_restore_list` and the swap run them:
+:func:`pgrepl.fullcopy.restore_step.build_restore_list` and the switch run them:
 
 * ``pg_restore --list`` of the dump; the source catalog reads; the warehouse's kept objects; ``toc.dat``;
   :func:`pgrepl.restore_list.filter_restore_list`; the whole ``build_restore_list``;
-* inside one rolled-back warehouse transaction: the users' views found (``user_views_found.sql``), the schema moved
-  aside, the kept relations moved back (``movable_relations.sql``), the ``kept_dependencies.sql`` check and the
-  ``lost_dependents.sql`` query of the finalisation.
+* inside one rolled-back warehouse transaction, the catalog work of the switch (:func:`pgrepl.staging.switch`): the
+  users' views found (``user_views_found.sql``), the kept relations found (``movable_relations.sql``) and moved into
+  the staging schema, the ``kept_dependencies.sql`` check, and the ``lost_dependents.sql`` query of the cleanup.
 
 Printed: the best of ``--reps`` (3) seconds per step and size, and the ratio of each size to the previous one (linear work grows like the
 sizes: x4 for 500 -> 2000, x2.5 for 2000 -> 5000). Clusters run with ``max_locks_per_transaction=256`` so that the
@@ -31,7 +31,9 @@ from pathlib import Path
 
 from common import Cluster, log, tool  # noqa: F401 (puts plugins/ on sys.path)
 
-from pgrepl import catalog, sqlfiles, swap, table_modes, user_views
+from psycopg import sql
+
+from pgrepl import catalog, sqlfiles, staging, swap, table_modes
 from pgrepl.fullcopy import dump
 from pgrepl.fullcopy.common import run_paths
 from pgrepl.fullcopy.preflight_step import check_table_modes
@@ -104,18 +106,21 @@ def night_two(settings: ReplicationSettings, key: str) -> dict[str, float]:
     with timer("build_restore_list (whole)"):
         planned = build_restore_list(settings, paths)
     assert len(planned.restore_list.kept) <= len(restore_list.kept)
-    with settings.target.connect() as db:
-        aside = swap.aside_name("public")
-        with timer("swap: users' views found"):
+    with settings.target.connect() as db:  # the switch's catalog work (staging.switch), rolled back
+        stage = staging.stage_name("public")
+        with timer("switch: users' views found"):
             db.execute(sqlfiles.load("warehouse/user_views_found"), {"schemas": sorted(planned.replaced)}).fetchall()
-        with timer("swap: move aside"):
-            swap._move_aside(db, "public", aside)
-        with timer("swap: bring back kept (movable_relations + moves)"):
-            oids, _names = swap._bring_back(db, "public", aside, planned.replaced["public"], planned.kept["public"])
-        with timer("swap: kept_dependencies"):
-            db.execute(sqlfiles.load("warehouse/kept_dependencies"), {"kept": oids, "aside": aside}).fetchall()
-        with timer("swap: lost_dependents"):
-            db.execute(sqlfiles.load("warehouse/lost_dependents"), {"aside": aside}).fetchall()
+        db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(stage)))
+        with timer("switch: kept relations found (movable_relations)"):
+            moved = staging._staying(db, "public", planned.replaced["public"], planned.kept["public"])
+        with timer("switch: kept relations moved into the stage"):
+            for oid, _name in moved:
+                swap._move_relation(db, oid, stage)
+        with timer("switch: kept_dependencies"):
+            db.execute(sqlfiles.load("warehouse/kept_dependencies"),
+                       {"kept": [oid for oid, _ in moved], "aside": "public"}).fetchall()
+        with timer("cleanup: lost_dependents"):
+            db.execute(sqlfiles.load("warehouse/lost_dependents"), {"aside": "public"}).fetchall()
         db.rollback()
     return timer.seconds
 
