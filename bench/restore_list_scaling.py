@@ -112,7 +112,7 @@ def night_two(settings: ReplicationSettings, key: str) -> dict[str, float]:
             db.execute(sqlfiles.load("warehouse/user_views_found"), {"schemas": sorted(planned.replaced)}).fetchall()
         db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(stage)))
         with timer("switch: kept relations found (movable_relations)"):
-            moved = staging._staying(db, "public", planned.replaced["public"], planned.kept["public"])
+            moved = swap.staying_relations(db, "public", planned.replaced["public"], planned.kept["public"])
         with timer("switch: kept relations moved into the stage"):
             for oid, _name in moved:
                 swap._move_relation(db, oid, stage)
