@@ -97,3 +97,29 @@ def test_verify_run_raises_airflow_fail_exception(restored):
         db.execute("INSERT INTO users (\"firstName\", \"lastName\") VALUES ('x', 'y')")
     with pytest.raises(AirflowFailException, match=rf"public.users: {counts['public.users']} rows expected .*, {counts['public.users'] + 1} in"):
         verify_run(dump, incremental, None, target=target)
+
+
+def test_counts_are_taken_in_bounded_transactions(target_db, monkeypatch):
+    """Each count locks its table until its transaction ends: verify counts COUNT_BATCH tables per transaction, so
+    the locks it holds at once stay bounded whatever the number of tables."""
+    from pgrepl import verify
+
+    names = [f"t{i}" for i in range(7)]
+    with target_db.connect() as db:
+        for name in names:
+            db.execute(f"CREATE TABLE {name} AS SELECT g FROM generate_series(1, 3) g")
+        db.commit()
+    held = []
+    real = verify.count_rows
+
+    def spying(db, tables):
+        counted = real(db, tables)
+        held.append(db.execute("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'relation' "
+                               "AND relation IN (SELECT oid FROM pg_class WHERE relname LIKE 't_')").fetchone()[0])
+        return counted
+
+    monkeypatch.setattr(verify, "COUNT_BATCH", 3)
+    monkeypatch.setattr(verify, "count_rows", spying)
+    result = verify.verify_counts(target_db, {f"public.{n}": 3 for n in names})
+    assert result["tables"] == 7 and result["rows"] == 21
+    assert held == [3, 3, 1]  # never more than one batch's tables locked at once
