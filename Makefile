@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 
-.PHONY: demo test bench bench-seed install clean
+.PHONY: demo test bench bench-seed bench-many install clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ bench: $(VENV)/.installed
 ## and the project's DAG, on the seed's dump inflated to scale 3 (see bench/README.md)
 bench-seed: $(VENV)/.installed
 	$(PY) bench/seed_bench.py $(BENCH_ARGS)
+
+## every step of a night at 500, 2,000 and 10,000 tables on default server settings, ratios per step (issue 19)
+bench-many: $(VENV)/.installed
+	$(PY) bench/many_tables.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV)
