@@ -140,9 +140,14 @@ def shared_memory_errors(*clusters: Cluster) -> int:
     return sum((c.root / "server.log").read_text(errors="replace").count(SHARED_MEMORY) for c in clusters)
 
 
-def first_error_line(exc: BaseException) -> str:
-    """The line of a failure that says what went wrong (``out of shared memory`` first)."""
+def first_error_line(exc: BaseException, log_dir: Path | None = None) -> str:
+    """The line of a failure that says what went wrong (``out of shared memory`` first), from the exception or
+    the clients' logs (pg_dump's and pg_restore's output goes to ``log_dir``)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if log_dir is not None and log_dir.is_dir():
+        for path in sorted(log_dir.glob("*.log")):
+            lines += [f"{path.stem}: {line.strip()}" for line in path.read_text(errors="replace").splitlines()
+                      if "error" in line.lower()]
     for marker in (SHARED_MEMORY, "ERROR", "error:"):
         for line in lines:
             if marker in line:
@@ -192,9 +197,10 @@ def run_night(settings, key: str, timings: Timings, clusters) -> dict:
         if wrong:
             result["count_mismatches"] = len(wrong)
     except Exception as exc:  # noqa: BLE001 - a failing step is a result ("before" figures)
-        result["error"] = first_error_line(exc)
+        result["error"] = first_error_line(exc, Path(settings.work_dir) / key / "logs")
         log(f"  failed: {result['error']}")
-    steps["whole night"] = time.perf_counter() - t_night
+    result["night_seconds"] = round(time.perf_counter() - t_night, 3)
+    steps["whole night"] = None if result["error"] else result["night_seconds"]
     result["sub_steps"] = {name: {"calls": calls, "seconds": round(seconds, 3)}
                            for name, (calls, seconds) in sorted(timings.items.items(), key=lambda kv: -kv[1][1])}
     result["out_of_shared_memory_in_server_logs"] = shared_memory_errors(*clusters) - errors_before
@@ -263,6 +269,10 @@ def render(results: list[dict], min_seconds: float) -> str:
                 continue
             for step, seconds in got["steps"].items():
                 rows_by_step.setdefault(step, {})[r["tables"]] = seconds
+            for name, value in (got.get("restore_returned") or {}).items():
+                figures = value if isinstance(value, dict) else ({name: value} if name.endswith("_seconds") else {})
+                for sub, seconds in figures.items():
+                    rows_by_step.setdefault(f"  restore() {sub}", {})[r["tables"]] = seconds
             for step, item in got["sub_steps"].items():
                 label = "  " + step
                 rows_by_step.setdefault(label, {})[r["tables"]] = item["seconds"]
@@ -285,7 +295,8 @@ def render(results: list[dict], min_seconds: float) -> str:
         for r in results:
             got = r["nights"].get(night)
             if got and (got["error"] or got.get("verify_error")):
-                out.append(f"- {r['tables']} tables, night {night}: {got['error'] or ''} "
+                failed = f"FAILED after {got['night_seconds']} s: {got['error']}" if got["error"] else ""
+                out.append(f"- {r['tables']} tables, night {night}: {failed} "
                            f"{('verify: ' + got['verify_error']) if got.get('verify_error') else ''}".rstrip())
             if got and got["out_of_shared_memory_in_server_logs"]:
                 out.append(f"- {r['tables']} tables, night {night}: 'out of shared memory' "

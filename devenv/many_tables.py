@@ -97,11 +97,12 @@ def pick_incremental(n: int, share: float = 0.05, schemas=("public",)) -> list[t
     tables a night-2 ``BACKUP_MODE`` marks ``incremental``."""
     wanted = max(1, round(n * share))
     step = max(1, n // wanted)
-    picked = []
-    for i in range(5, n + 1, step):
-        while i % 10 in (0, 9) and i < n:  # 0 has an FK, 9 is the target of one
-            i += 1
-        if len(picked) < wanted and table_of(i, schemas) not in picked:
+    picked: list[tuple[str, str]] = []
+    for k in range(wanted):
+        i = min(n, 5 + k * step + k % 2)  # odd and even numbers alike: every schema gets some
+        while i % 10 in (0, 9) and i > 1:  # 0 has an FK, 9 is the target of one
+            i -= 1
+        if table_of(i, schemas) not in picked:
             picked.append(table_of(i, schemas))
     return picked
 
