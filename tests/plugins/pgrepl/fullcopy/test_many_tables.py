@@ -2,9 +2,8 @@
 with an FK, views, a materialized view; ``devenv.many_tables``) in two schemas, copied into a warehouse, both on
 dedicated clusters with PostgreSQL's default ``max_locks_per_transaction`` (64) and ``max_connections`` (100):
 
-* night 1 (full), night 2 with 5 % of the tables ``incremental``, a night whose restore fails after ``pg_restore``
-  started and the good night after it;
-* a cleanup of yesterday's objects interrupted half-way, finished by the next attempt;
+* night 1 (full); night 2 with 5 % of the tables ``incremental``, its cleanup of yesterday's objects interrupted
+  half-way; night 3, which finishes that cleanup, then fails after ``pg_restore`` started; night 4, good;
 * one night through ``airflow dags test`` on a smaller source.
 
 Every night's warehouse is compared with the source table by table (row counts), no ``_pgrepl_stage_*`` /
@@ -22,7 +21,7 @@ from psycopg import sql
 from conftest import TEST_PASSWORD
 from devenv import many_tables
 from devenv.cluster import Cluster
-from pgrepl import fullcopy, incremental, verify
+from pgrepl import fullcopy, incremental, staging, verify
 from pgrepl.settings import ReplicationSettings, TableMode, TableName
 
 #: tables of the big source: well above what one transaction may lock on a default server (~6,400 slots shared)
@@ -221,68 +220,26 @@ def drop_refused_table(source) -> None:
         db.commit()
 
 
-def test_kept_tables_then_a_failing_night_then_a_good_one(clusters, big_source, warehouse, tmp_path,
-                                                          shared_memory_check):
-    kept = kept_tables()
-    assert len(kept) == round(N * SHARE)
-    settings = settings_for(big_source, warehouse, tmp_path, kept)
-    kept_oids = oids(warehouse, kept)
-
-    # night 2: 5 % of the tables kept and appended to, the rest replaced
-    many_tables.add_rows(big_source, kept, 2)
-    second = night(settings, "night2")
-    assert {r["mode"] for r in second["incremental"]} == {"append"}
-    assert sum(r["copied"] for r in second["incremental"]) == 2 * len(kept)
-    counts = assert_copy_of(big_source, warehouse)
-    assert oids(warehouse, kept) == kept_oids  # kept in place, not recreated
-    replaced = many_tables.table_of(1, SCHEMAS)
-    tonight = oids(warehouse, [replaced, many_tables.table_of(10, SCHEMAS)])
-
-    # night 3 fails once pg_restore has started: the live warehouse stays as night 2 left it, nothing left aside
-    many_tables.add_rows(big_source, kept, 1)
-    add_refused_table(clusters, big_source)
-    try:
-        with pytest.raises(RuntimeError, match="violates check constraint"):
-            fullcopy.run_full_copy(settings, "night3")
-        assert row_counts(warehouse) == counts
-        assert oids(warehouse, [replaced, many_tables.table_of(10, SCHEMAS)]) == tonight
-        assert oids(warehouse, kept) == kept_oids
-        assert leftover_schemas(warehouse) == []
-        assert pending_cleanup(warehouse) == []
-        with warehouse.connect() as db:
-            assert db.execute("SELECT to_regclass('tenant_b.guarded')").fetchone()[0] is None
-    finally:
-        drop_refused_table(big_source)
-
-    # night 4 succeeds
-    night(settings, "night4")
-    assert_copy_of(big_source, warehouse)
-    assert oids(warehouse, kept) == kept_oids
-    assert pending_cleanup(warehouse) == []
-    shared_memory_check()
-
-
-def pending_cleanup(target) -> list[str]:
-    """The schemas the warehouse still has to drop (``pgrepl.staging.pending_cleanup``; [] before the staging
-    design)."""
-    try:
-        from pgrepl import staging
-    except ImportError:
-        return []
-    with target.connect() as db:
-        return [p[0] if isinstance(p, (tuple, list)) else p for p in staging.pending_cleanup(db)]
-
-
-# -- a cleanup interrupted half-way ----------------------------------------------------------------------------
-
 class Interrupted(Exception):
     """Raised from ``on_batch``: the worker died half-way through dropping yesterday's objects."""
 
 
-def test_an_interrupted_cleanup_is_finished_by_the_next_attempt(clusters, big_source, warehouse, tmp_path,
-                                                               monkeypatch, shared_memory_check):
-    staging = pytest.importorskip("pgrepl.staging")
-    settings = settings_for(big_source, warehouse, tmp_path)
+def test_kept_tables_an_interrupted_cleanup_a_failing_night_then_a_good_one(clusters, big_source, warehouse, tmp_path,
+                                                                            monkeypatch, shared_memory_check):
+    """Night 2 keeps 5 % of the tables and is interrupted half-way through dropping yesterday's objects; night 3
+    finishes that cleanup first, then fails once pg_restore has started (the live warehouse stays as night 2 left
+    it, its staging schemas are dropped); night 4 succeeds. Three nights of 3,000 tables and nothing is left aside."""
+    kept = kept_tables()
+    assert len(kept) == round(N * SHARE) and {s for s, _ in kept} == set(SCHEMAS)
+    settings = settings_for(big_source, warehouse, tmp_path, kept)
+    kept_oids = oids(warehouse, kept)
+    replaced = [many_tables.table_of(i, SCHEMAS) for i in (1, 2, 10, N)]
+
+    # -- night 2: kept tables appended to at the source, a replaced table changed; the cleanup is interrupted
+    many_tables.add_rows(big_source, kept, 2)
+    with big_source.connect() as db:
+        db.execute("UPDATE public.mt_00001 SET label = 'changed tonight'")
+        db.commit()
     original = staging.finish_cleanup
     batches: list[tuple[str, int]] = []
 
@@ -295,35 +252,54 @@ def test_an_interrupted_cleanup_is_finished_by_the_next_attempt(clusters, big_so
         return original(db, *args, **{**kwargs, "on_batch": on_batch})
 
     monkeypatch.setattr(staging, "finish_cleanup", interrupted_cleanup)
-    with big_source.connect() as db:  # tonight differs from yesterday
-        db.execute("UPDATE public.mt_00001 SET label = 'changed tonight'")
-        db.commit()
-    try:
+    with pytest.raises(Interrupted):  # after the switch: the restore task fails, tonight's copy is live
         night(settings, "night2")
-    except Interrupted:
-        pass  # the night may report the interruption; tonight's copy is switched in either way
     monkeypatch.setattr(staging, "finish_cleanup", original)
-    assert len(batches) == 3, f"the cleanup was not interrupted: {batches}"
-    interrupted_schema = batches[-1][0]
-    # tonight's copy is live and complete; yesterday's objects are half dropped, and recorded as such
-    assert leftover_schemas(warehouse) != []
-    assert interrupted_schema in pending_cleanup(warehouse)
+    assert len(batches) == 3
+    interrupted = batches[-1][0]
+    assert interrupted in pending_cleanup(warehouse)
+    assert interrupted in leftover_schemas(warehouse)
     with warehouse.connect() as db:
-        left = db.execute("SELECT count(*) FROM pg_class WHERE relnamespace = %s::regnamespace",
-                          (interrupted_schema,)).fetchone()[0]
-        assert left > 0
+        left = db.execute("SELECT count(*) FROM pg_class WHERE relnamespace = %s::regnamespace AND relkind = 'r'",
+                          (interrupted,)).fetchone()[0]
+        assert 0 < left < N // len(SCHEMAS)  # half-way: some batches committed, the rest waits
         assert db.execute("SELECT min(label) FROM public.mt_00001").fetchone()[0] == "changed tonight"
-    counts = row_counts(warehouse)
-    assert counts == row_counts(big_source)
+    source_counts, after_switch = row_counts(big_source), row_counts(warehouse)
+    # every replaced table is tonight's; the kept ones wait for the incremental copy (2 rows short)
+    assert after_switch == {t: n - 2 if tuple(t.split(".")) in kept else n for t, n in source_counts.items()}
+    assert oids(warehouse, kept) == kept_oids
+    tonight = oids(warehouse, replaced)
 
-    # the next attempt (tonight's next night) finishes dropping them first, then runs normally
-    night(settings, "night3")
+    # -- night 3: finishes night 2's cleanup, then fails after pg_restore started; the live warehouse is untouched
+    add_refused_table(clusters, big_source)
+    try:
+        with pytest.raises(RuntimeError, match="violates check constraint"):
+            fullcopy.run_full_copy(settings, "night3")
+        assert row_counts(warehouse) == after_switch
+        assert oids(warehouse, replaced) == tonight and oids(warehouse, kept) == kept_oids
+        assert leftover_schemas(warehouse) == []
+        assert pending_cleanup(warehouse) == []
+        with warehouse.connect() as db:
+            assert db.execute("SELECT to_regclass('tenant_b.guarded')").fetchone()[0] is None
+    finally:
+        drop_refused_table(big_source)
+
+    # -- night 4 succeeds
+    many_tables.add_rows(big_source, kept, 1)
+    fourth = night(settings, "night4")
+    assert {r["mode"] for r in fourth["incremental"]} == {"append"}
+    assert sum(r["copied"] for r in fourth["incremental"]) == 3 * len(kept)
     assert_copy_of(big_source, warehouse)
+    assert oids(warehouse, kept) == kept_oids
+    assert oids(warehouse, replaced) != tonight
     assert pending_cleanup(warehouse) == []
-    # and the one after finds nothing left to do
-    night(settings, "night4")
-    assert_copy_of(big_source, warehouse)
     shared_memory_check()
+
+
+def pending_cleanup(target) -> list[str]:
+    """The schemas the warehouse still has to drop."""
+    with target.connect() as db:
+        return [schema for schema, _kind in staging.pending_cleanup(db)]
 
 
 # -- one night through Airflow ----------------------------------------------------------------------------------
