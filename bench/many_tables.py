@@ -52,13 +52,15 @@ class Timings:
         self.items: dict[str, list] = {}
         self._depth: dict[str, int] = {}
 
-    def wrap(self, module, attr: str, label: str) -> None:
+    def wrap(self, module, attr: str, label: str, detail=None) -> None:
+        """Time ``module.attr`` under ``label`` (plus ``detail(*args)`` when given: e.g. which schema)."""
         fn = getattr(module, attr)
         if getattr(fn, "_bench_wrapped", False) or inspect.isgeneratorfunction(fn):
             return
 
         @functools.wraps(fn)
         def timed(*args, **kwargs):
+            name = f"{label} {detail(*args, **kwargs)}" if detail else label
             depth = self._depth.get(label, 0)
             self._depth[label] = depth + 1
             t0 = time.perf_counter()
@@ -67,7 +69,7 @@ class Timings:
             finally:
                 self._depth[label] = depth
                 if depth == 0:
-                    item = self.items.setdefault(label, [0, 0.0])
+                    item = self.items.setdefault(name, [0, 0.0])
                     item[0] += 1
                     item[1] += time.perf_counter() - t0
 
@@ -99,6 +101,11 @@ def _capture_restore() -> None:
     fullcopy.restore = restore
 
 
+def _schema_kind(db, schema: str, *args, **kwargs) -> str:
+    """``_pgrepl_prev_public`` -> ``(_pgrepl_prev_*)``: which kind of schema a batched drop was dropping."""
+    return "(" + (re.sub(r"^(_pgrepl_[a-z]+_).*$", r"\1*", schema) if schema.startswith("_pgrepl_") else schema) + ")"
+
+
 def instrument(timings: Timings) -> list[str]:
     """Wrap the public functions of the restore's modules (whichever exist); return the modules wrapped."""
     import importlib
@@ -119,7 +126,8 @@ def instrument(timings: Timings) -> list[str]:
                 continue
             # a function imported from another module is timed under its home module's name
             home = value.__module__.rsplit(".", 1)[-1]
-            timings.wrap(module, attr, f"{home if home != short else short}.{attr}")
+            timings.wrap(module, attr, f"{home if home != short else short}.{attr}",
+                         _schema_kind if attr == "drop_schema_in_batches" else None)
     return wrapped
 
 
@@ -318,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     BENCH_DIR.mkdir(exist_ok=True)
     (BENCH_DIR / "many_tables").mkdir(exist_ok=True)
+    timings = Timings()
+    wrapped = instrument(timings)  # imports the project (and Airflow's logging set-up) before the handler below
     log_file = BENCH_DIR / "many_tables" / "pgrepl.log"
     handler = logging.FileHandler(log_file, mode="w")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -326,8 +336,6 @@ def main(argv: list[str] | None = None) -> int:
     pgrepl_log.setLevel(logging.INFO)
     pgrepl_log.propagate = False
     log(f"the project's log lines: {log_file}")
-    timings = Timings()
-    wrapped = instrument(timings)
     log(f"timing the functions of {', '.join(wrapped)}")
     results = []
     for n in sizes:
