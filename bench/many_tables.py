@@ -28,6 +28,8 @@ import functools
 import inspect
 import logging
 import re
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -101,6 +103,10 @@ def _capture_restore() -> None:
     fullcopy.restore = restore
 
 
+#: private functions worth a line of their own (the switch's parts)
+PRIVATE_TIMED = {"_check_kept_dependencies", "_switch_once", "_staying", "_move_relation"}
+
+
 def _schema_kind(db, schema: str, *args, **kwargs) -> str:
     """``_pgrepl_prev_public`` -> ``(_pgrepl_prev_*)``: which kind of schema a batched drop was dropping."""
     return "(" + (re.sub(r"^(_pgrepl_[a-z]+_).*$", r"\1*", schema) if schema.startswith("_pgrepl_") else schema) + ")"
@@ -120,7 +126,7 @@ def instrument(timings: Timings) -> list[str]:
         wrapped.append(name)
         short = name.rsplit(".", 1)[-1]
         for attr, value in list(vars(module).items()):
-            if attr.startswith("_") or not inspect.isfunction(value) or not value.__module__.startswith("pgrepl"):
+            if (attr.startswith("_") and attr not in PRIVATE_TIMED) or not inspect.isfunction(value) or not value.__module__.startswith("pgrepl"):
                 continue
             if attr in {"restore", "refresh_after_incremental", "restore_environment", "rollback"}:
                 continue
@@ -236,6 +242,7 @@ def run_size(n: int, args, timings: Timings) -> dict:
     log(f"{n} tables: starting clusters")
     source_cluster, target_cluster = new_cluster(f"many-src-{n}"), new_cluster(f"many-wh-{n}")
     work = Path(BENCH_DIR) / "many_tables" / f"work-{n}"
+    shutil.rmtree(work, ignore_errors=True)  # no log of an earlier invocation
     try:
         source = source_cluster.create_database("source", "many_source", PASSWORD)
         target = target_cluster.create_database("warehouse", "many_warehouse", PASSWORD)
@@ -261,6 +268,7 @@ def run_size(n: int, args, timings: Timings) -> dict:
     finally:
         source_cluster.stop()
         target_cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # -- report --------------------------------------------------------------------------------------------
@@ -323,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="PG_RESTORE_JOBS")
     parser.add_argument("--min-seconds", type=float, default=0.05, help="hide sub-steps faster than this")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the throwaway clusters on a plain kill too
     sizes = [int(s) for s in args.sizes.split(",")]
     BENCH_DIR.mkdir(exist_ok=True)
     (BENCH_DIR / "many_tables").mkdir(exist_ok=True)
