@@ -4,6 +4,9 @@ dedicated clusters with PostgreSQL's default ``max_locks_per_transaction`` (64) 
 
 * night 1 (full); night 2 with 5 % of the tables ``incremental``, its cleanup of yesterday's objects interrupted
   half-way; night 3, which finishes that cleanup, then fails after ``pg_restore`` started; night 4, good;
+* the switch transaction of a night with 150 kept tables stays short (xfail on main until issue-19a's
+  ``kept_dependencies.sql`` lands);
+* ``verify.verify_counts`` over 10,000 warehouse tables (xfail: one transaction locks them all);
 * one night through ``airflow dags test`` on a smaller source.
 
 Every night's warehouse is compared with the source table by table (row counts), no ``_pgrepl_stage_*`` /
