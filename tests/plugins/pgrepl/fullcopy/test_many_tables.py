@@ -4,9 +4,10 @@ dedicated clusters with PostgreSQL's default ``max_locks_per_transaction`` (64) 
 
 * night 1 (full); night 2 with 5 % of the tables ``incremental``, its cleanup of yesterday's objects interrupted
   half-way; night 3, which finishes that cleanup, then fails after ``pg_restore`` started; night 4, good;
-* the switch transaction of a night with 150 kept tables stays short (xfail on main until issue-19a's
-  ``kept_dependencies.sql`` lands);
-* ``verify.verify_counts`` over 10,000 warehouse tables (xfail: one transaction locks them all);
+* the switch transaction of a night with 150 kept tables stays short (it took 45 s before
+  ``kept_dependencies.sql`` became set queries);
+* ``verify.verify_counts`` over 10,000 warehouse tables (it ran out of lock slots while it counted every table in
+  one transaction);
 * one night through ``airflow dags test`` on a smaller source.
 
 Every night's warehouse is compared with the source table by table (row counts), no ``_pgrepl_stage_*`` /
@@ -18,7 +19,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import psycopg
 import pytest
 from psycopg import sql
 
@@ -305,11 +305,6 @@ def test_kept_tables_an_interrupted_cleanup_a_failing_night_then_a_good_one(clus
 SWITCH_SECONDS = 5.0
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the switch runs swap._check_kept_dependencies (include/sql/warehouse/kept_dependencies.sql) inside its "
-    "transaction; the query joins every pg_depend row with every kept relation (an OR defeats pg_depend's index), "
-    "45 s at 3,000 tables / 150 kept on main 922aaf5; branch issue-19a (1986bc7) rewrites it as set queries "
-    "(passes there): remove this marker once that is merged"))
 def test_the_switch_stays_short_with_kept_tables(big_source, warehouse, tmp_path, monkeypatch, shared_memory_check):
     """Night 2 with 150 kept tables among 3,000: the one switch transaction stays short (its cost must not grow
     with tables x kept tables)."""
@@ -332,10 +327,6 @@ def test_the_switch_stays_short_with_kept_tables(big_source, warehouse, tmp_path
 VERIFY_N = 10000
 
 
-@pytest.mark.xfail(strict=False, raises=psycopg.errors.OutOfMemory, reason=(
-    "verify.verify_counts counts every table in ONE repeatable-read transaction on the warehouse, which locks every "
-    "table and its indexes: 'out of shared memory' at 10,000 tables on a default server (bench/README.md, "
-    "'Many tables'); counting in batches of a few hundred tables, one transaction each, takes 2-4 s there"))
 def test_verify_counts_ten_thousand_tables_on_a_default_server(clusters, shared_memory_check):
     target = new_warehouse(clusters, "many_verify")
     many_tables.build(target, VERIFY_N)  # the generator builds the warehouse's tables directly: no night needed
