@@ -75,5 +75,6 @@ def run_full_copy(settings: ReplicationSettings, key: str, run_id: str | None = 
         "total_seconds": round(time.monotonic() - started, 3),
         "source_counts": dumped["source_counts"],
         "refresh_after_incremental": restored["refresh_after_incremental"],
+        "restore_cleanup_pending": restored["cleanup_pending"],
         "user_views": views,
     }
