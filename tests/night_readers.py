@@ -21,8 +21,6 @@ from psycopg import sql
 from conftest import TEST_PASSWORD
 from pgrepl.pgtools import PgConn
 
-STAGE_PREFIX = "_pgrepl_stage_"
-PREV_PREFIX = "_pgrepl_prev_"
 #: every select of the readers gives up after this: a reader stuck behind a lock shows as an error, not a hang
 READER_STATEMENT_TIMEOUT_S = 120
 
@@ -215,11 +213,14 @@ def analyst_role(pg_cluster, target: PgConn, name: str) -> PgConn:
 
 
 def leftover_schemas(target: PgConn) -> list[str]:
-    """Staging and previous schemas left in the warehouse (none once a night is over, failed or not)."""
+    """Schemas of a night's work left in the warehouse (staging, shadow, live-in-waiting, previous) and schemas the
+    cleanup still has to drop: none once a night is over, failed or not."""
     with target.connect() as db:
-        return [r[0] for r in db.execute(
-            "SELECT nspname FROM pg_namespace WHERE nspname LIKE '\\_pgrepl\\_stage\\_%' "
-            "OR nspname LIKE '\\_pgrepl\\_prev\\_%' ORDER BY 1").fetchall()]
+        left = [r[0] for r in db.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE '\\_pgrepl\\_%' ORDER BY 1").fetchall()]
+        if db.execute("SELECT to_regclass('_pgrepl.cleanup')").fetchone()[0]:
+            left += [f"cleanup: {r[0]}" for r in db.execute("SELECT schema_name FROM _pgrepl.cleanup ORDER BY 1")]
+    return left
 
 
 def counts(conn: PgConn, relations: list[str]) -> dict[str, int]:
