@@ -17,6 +17,7 @@ A night moves the kept tables (``BACKUP_MODE``) from the live schema into tonigh
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -180,8 +181,9 @@ def test_a_reader_of_a_kept_table_makes_the_switch_fail_when_not_cancelled(yeste
         assert any(app != reader.app_name for _pid, app, _mode in waited), waited
         # one clear message that names the blocking session: pid, role, application, what it ran
         assert getattr(error, "retryable", None) is True, repr(error)
-        for detail in (str(reader.pid), analyst.user, reader.app_name, f'FROM "public"."{KEPT}"'):
+        for detail in (str(reader.pid), analyst.user, reader.app_name, f'FROM "public"."{KEPT}"', "SWITCH_LOCK_TIMEOUT"):
             assert detail in message, (detail, message)
+        assert re.search(r"\d\d:\d\d:\d\d", message), f"since when the reader holds it: {message}"
         # the reader never noticed: its transaction goes on, on yesterday's rows
         assert reader.count(KEPT) == before[KEPT][0]
         assert reader.count(REPLACED) == before[REPLACED][0]
