@@ -8,7 +8,10 @@ A night moves the kept tables (``BACKUP_MODE``) from the live schema into tonigh
   switch wait, then — ``SWITCH_CANCEL_READERS`` off — fail with a message naming the reader's session; the live
   warehouse is yesterday's, complete, nothing of tonight's is left; once the reader ends, the next night succeeds;
 * the same with ``SWITCH_CANCEL_READERS=true``: the reader is cancelled (busy in a statement, or idle in its
-  transaction) and tonight's warehouse is live;
+  transaction) and tonight's warehouse is live. Readers are analysts, other roles than the warehouse's: PostgreSQL
+  shows another role's session (state, since when, query) only to a role with ``pg_read_all_stats``, and lets it
+  cancel that session only with ``pg_signal_backend``; without them the message still names pid, role and
+  application, and a cancel that is not allowed fails the night saying what to grant;
 * a reader holding a replaced table does not hold the switch: the night succeeds, the reader goes on (a READ
   COMMITTED reader's next statement reads tonight's table), and yesterday's table is dropped once it has ended;
 * a REPEATABLE READ reader spanning the switch reads tonight's replaced tables as empty (their rows are newer than
@@ -159,42 +162,67 @@ def yesterday(source_db, target_db, pg_cluster, tmp_path):
     return quiet, settings_env(source_db, target_db, tmp_path, cancel=True), analyst, before
 
 
-def test_a_reader_of_a_kept_table_makes_the_switch_fail_when_not_cancelled(yesterday, source_db, target_db,
-                                                                           pg_cluster):
-    quiet, _, analyst, before = yesterday
-    views_before = views_answer(target_db)
-    reader = LongReader(analyst, KEPT).begin()
+def grant_session_rights(pg_cluster, target, *rights: str) -> None:
+    """Give the warehouse role predefined roles: ``pg_read_all_stats`` (it then sees other roles' sessions: state,
+    since when, query) and ``pg_signal_backend`` (it may then cancel or terminate them)."""
+    for right in rights:
+        pg_cluster.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(right), sql.Identifier(target.user))
+                           .as_string())
+
+
+def blocked_night(env, target_db, pg_cluster, reader: LongReader, key: str) -> tuple[BaseException, set]:
+    """Run a night while ``reader`` holds the kept table; it must fail. (its error, the sessions seen waiting for
+    the kept table's lock)."""
     watcher = Watcher(pg_cluster, target_db.dbname, oid_of(target_db, KEPT))
     watcher.start()
     try:
-        assert reader.first_count == before[KEPT][0]
-        thread, outcome = night_in_thread(quiet, "blocked")
+        thread, outcome = night_in_thread(env, key)
         finish(thread, outcome, reader, pg_cluster)
+    finally:
         waited = watcher.stop()
-        print(f"\nswitch blocked by a reader of {KEPT}: the night failed after {outcome['seconds']:.1f} s "
-              f"(lock timeout {LOCK_TIMEOUT} s, {RETRIES} retry)")
-        error = outcome.get("error")
-        assert error is not None, "the night succeeded although a reader held the kept table"
-        message = str(error)
-        print(f"its message: {message}")
+    print(f"\nswitch blocked by a reader of {KEPT}: the night failed after {outcome['seconds']:.1f} s "
+          f"(lock timeout {LOCK_TIMEOUT} s, {RETRIES} retry); its message: {outcome.get('error')}")
+    assert "error" in outcome, "the night succeeded although a reader held the kept table"
+    return outcome["error"], waited
+
+
+def assert_yesterday_untouched(target_db, reader: LongReader, before: dict, views_before: dict) -> None:
+    """The reader never noticed (its transaction goes on, on yesterday's rows); the live warehouse is yesterday's,
+    complete, views answering; nothing of tonight's is left, nor the lease."""
+    assert reader.count(KEPT) == before[KEPT][0]
+    assert reader.count(REPLACED) == before[REPLACED][0]
+    assert table_fingerprint(target_db) == before
+    assert views_answer(target_db) == views_before
+    assert leftover_schemas(target_db) == []
+    with target_db.connect() as db:
+        assert db.execute("SELECT count(*) FROM _pgrepl.lease").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("rights", [(), ("pg_read_all_stats",)], ids=["plain warehouse role", "pg_read_all_stats"])
+def test_a_reader_of_a_kept_table_makes_the_switch_fail_when_not_cancelled(yesterday, source_db, target_db,
+                                                                           pg_cluster, rights):
+    """The reader is another role (an analyst): without ``pg_read_all_stats`` the warehouse role sees its pid,
+    role and application only; with it, also since when and its query."""
+    quiet, _, analyst, before = yesterday
+    grant_session_rights(pg_cluster, target_db, *rights)
+    views_before = views_answer(target_db)
+    reader = LongReader(analyst, KEPT).begin()
+    try:
+        assert reader.first_count == before[KEPT][0]
+        error, waited = blocked_night(quiet, target_db, pg_cluster, reader, "blocked")
         # the switch waited for the reader's lock before giving up
         assert any(app != reader.app_name for _pid, app, _mode in waited), waited
-        # one clear message that names the blocking session: pid, role, application, what it ran
+        # one clear, retryable error that names the blocking session and the setting
         assert getattr(error, "retryable", None) is True, repr(error)
-        for detail in (str(reader.pid), analyst.user, reader.app_name, f'FROM "public"."{KEPT}"', "SWITCH_LOCK_TIMEOUT"):
+        message = str(error)
+        details = [str(reader.pid), analyst.user, reader.app_name, "SWITCH_LOCK_TIMEOUT"]
+        if rights:
+            details.append(f'FROM "public"."{KEPT}"')
+            assert re.search(r"\d\d:\d\d:\d\d", message), f"since when the reader holds it: {message}"
+        for detail in details:
             assert detail in message, (detail, message)
-        assert re.search(r"\d\d:\d\d:\d\d", message), f"since when the reader holds it: {message}"
-        # the reader never noticed: its transaction goes on, on yesterday's rows
-        assert reader.count(KEPT) == before[KEPT][0]
-        assert reader.count(REPLACED) == before[REPLACED][0]
-        # the live warehouse is yesterday's, complete; nothing of tonight's is left
-        assert table_fingerprint(target_db) == before
-        assert views_answer(target_db) == views_before
-        assert leftover_schemas(target_db) == []
-        with target_db.connect() as db:
-            assert db.execute("SELECT count(*) FROM _pgrepl.lease").fetchone()[0] == 0
+        assert_yesterday_untouched(target_db, reader, before, views_before)
     finally:
-        watcher.stop()
         reader.close(pg_cluster)
     # the reader gone, the next night goes through
     night(quiet, "after-the-reader")
@@ -202,10 +230,19 @@ def test_a_reader_of_a_kept_table_makes_the_switch_fail_when_not_cancelled(yeste
     assert leftover_schemas(target_db) == []
 
 
-@pytest.mark.parametrize("state", ["busy in a statement", "idle in its transaction"])
-def test_a_reader_of_a_kept_table_is_cancelled_when_configured(yesterday, source_db, target_db, pg_cluster, state):
+@pytest.mark.parametrize("state, who", [
+    ("busy in a statement", "an analyst"),
+    ("idle in its transaction", "an analyst"),
+    ("idle in its transaction", "the warehouse role"),
+])
+def test_a_reader_of_a_kept_table_is_cancelled_when_configured(yesterday, source_db, target_db, pg_cluster, state,
+                                                               who):
+    """With ``SWITCH_CANCEL_READERS=true``. An analyst's session: the warehouse role is given the right to see and
+    signal other roles' sessions; a session of the warehouse role itself needs no grant."""
     _, cancelling, analyst, before = yesterday
-    reader = LongReader(analyst, KEPT).begin()
+    if who == "an analyst":
+        grant_session_rights(pg_cluster, target_db, "pg_read_all_stats", "pg_signal_backend")
+    reader = LongReader(analyst if who == "an analyst" else target_db, KEPT).begin()
     try:
         assert reader.first_count == before[KEPT][0]
         if state == "busy in a statement":
@@ -229,6 +266,21 @@ def test_a_reader_of_a_kept_table_is_cancelled_when_configured(yesterday, source
         assert tonight != before
         assert counts(analyst, [REPLACED, KEPT]) == {REPLACED: tonight[REPLACED][0], KEPT: tonight[KEPT][0]}
         assert leftover_schemas(target_db) == []
+    finally:
+        reader.close(pg_cluster)
+
+
+def test_cancel_without_the_right_to_signal_fails_clearly(yesterday, target_db, pg_cluster):
+    """``SWITCH_CANCEL_READERS=true`` but the warehouse role may not signal the analyst's session (no
+    ``pg_signal_backend``): the night fails naming what to grant; nothing switched, the reader untouched."""
+    _, cancelling, analyst, before = yesterday
+    views_before = views_answer(target_db)
+    reader = LongReader(analyst, KEPT).begin()
+    try:
+        error, _ = blocked_night(cancelling, target_db, pg_cluster, reader, "cannot-cancel")
+        assert "pg_signal_backend" in str(error), str(error)
+        assert str(reader.pid) in str(error), str(error)
+        assert_yesterday_untouched(target_db, reader, before, views_before)
     finally:
         reader.close(pg_cluster)
 
