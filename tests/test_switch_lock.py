@@ -29,11 +29,14 @@ import pytest
 from psycopg import sql
 
 from conftest import TEST_PASSWORD, table_fingerprint
-from night_readers import LongReader, analyst_role, counts, leftover_schemas, wait_until
+from night_readers import (LongReader, Reader, analyst_role, counts, describe, leftover_schemas, reading_problems,
+                           wait_until)
 from pgrepl import fullcopy, incremental
 from pgrepl.settings import load_replication
 
 REPLACED, KEPT = "users", "answers"
+#: a table only the warehouse has (an analysts' table): the switch moves it, like the kept table
+OWN_TABLE = "analyst_notes"
 #: the switch's lock timeout here (seconds) and its retries: a blocked switch gives up after a few seconds
 LOCK_TIMEOUT, RETRIES = 1, 1
 #: a night that does not end in this time is stuck (the sample's night takes a few seconds)
@@ -212,13 +215,28 @@ def test_a_reader_of_a_kept_table_makes_the_switch_fail_when_not_cancelled(yeste
                                                                            pg_cluster, rights):
     """The reader is another role (an analyst): without ``pg_read_all_stats`` the warehouse role sees its pid,
     role and application only; with it, also since when and its query."""
-    quiet, _, analyst, before = yesterday
+    quiet, _, analyst, _ = yesterday
     grant_session_rights(pg_cluster, target_db, *rights)
-    views_before = views_answer(target_db)
+    with target_db.connect() as db:  # an analysts' table: the switch moves it too
+        db.execute(sql.SQL("CREATE TABLE {} AS SELECT g AS id FROM generate_series(1, 17) g").format(
+            sql.Identifier("public", OWN_TABLE)))
+        db.commit()
+    before, views_before = table_fingerprint(target_db), views_answer(target_db)
     reader = LongReader(analyst, KEPT).begin()
+    others = Reader(analyst, [REPLACED, KEPT, OWN_TABLE], app_name="other-readers")
     try:
         assert reader.first_count == before[KEPT][0]
-        error, waited = blocked_night(quiet, target_db, pg_cluster, reader, "blocked")
+        others.start()
+        others.wait_for_rounds(2)
+        try:
+            error, waited = blocked_night(quiet, target_db, pg_cluster, reader, "blocked")
+        finally:
+            samples = others.stop()
+        # other readers meanwhile: yesterday's rows, no error; how long they waited is printed (readers of the kept
+        # table queue behind the waiting switch, up to SWITCH_LOCK_TIMEOUT per try)
+        print("other readers during the blocked switch:\n" + describe(samples, [REPLACED, KEPT, OWN_TABLE]))
+        assert reading_problems(samples, {n: [before[n][0]] for n in (REPLACED, KEPT, OWN_TABLE)}) == [], \
+            describe(samples, [REPLACED, KEPT, OWN_TABLE])
         # the switch waited for the reader's lock before giving up
         assert any(app != reader.app_name for _pid, app, _mode in waited), waited
         # one clear, retryable error that names the blocking session and the setting
@@ -233,9 +251,11 @@ def test_a_reader_of_a_kept_table_makes_the_switch_fail_when_not_cancelled(yeste
         assert_yesterday_untouched(target_db, reader, before, views_before)
     finally:
         reader.close(pg_cluster)
-    # the reader gone, the next night goes through
+    # the reader gone, the next night goes through (and keeps the analysts' table)
     night(quiet, "after-the-reader")
-    assert table_fingerprint(target_db) == table_fingerprint(source_db)
+    tonight = table_fingerprint(target_db)
+    assert tonight.pop(OWN_TABLE) == before[OWN_TABLE]
+    assert tonight == table_fingerprint(source_db)
     assert leftover_schemas(target_db) == []
 
 
