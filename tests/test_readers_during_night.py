@@ -183,9 +183,6 @@ def test_tables_read_yesterday_then_tonight_and_never_an_error(nights):
     assert nights.night2_leftovers == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 14 bug: the switch saves users' views (user_views.save) and drops them; the user_views task recreates them "
-    "after incremental/kept_comments, so between the switch and that task they do not exist"))
 def test_users_views_answer_all_night(nights):
     """Night 2: the analysts' views over a replaced and over the kept table answer at every read, yesterday's rows
     then tonight's ("views over them keep working")."""

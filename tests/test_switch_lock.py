@@ -201,15 +201,7 @@ def assert_yesterday_untouched(target_db, reader: LongReader, before: dict, view
         assert db.execute("SELECT count(*) FROM _pgrepl.lease").fetchone()[0] == 0
 
 
-#: issue 14 bug: staging.switch formats ``xact_start`` with ``:%H:%M:%S``, but PostgreSQL shows another role's session
-#: to a role without pg_read_all_stats with state, xact_start and query NULL ('<insufficient privilege>'): TypeError
-#: ("unsupported format string passed to NoneType.__format__"), not SwitchBlocked, so no blocker named, no retry flag
-HIDDEN_SESSION_BUG = pytest.mark.xfail(strict=True, reason=(
-    "issue 14 bug: the blocker description crashes on another role's session seen without pg_read_all_stats "
-    "(xact_start NULL): TypeError instead of SwitchBlocked"))
-
-
-@pytest.mark.parametrize("rights", [pytest.param((), marks=HIDDEN_SESSION_BUG, id="plain warehouse role"),
+@pytest.mark.parametrize("rights", [pytest.param((), id="plain warehouse role"),
                                     pytest.param(("pg_read_all_stats",), id="pg_read_all_stats")])
 def test_a_reader_of_a_kept_table_makes_the_switch_fail_when_not_cancelled(yesterday, source_db, target_db,
                                                                            pg_cluster, rights):
@@ -299,9 +291,6 @@ def test_a_reader_of_a_kept_table_is_cancelled_when_configured(yesterday, source
         reader.close(pg_cluster)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 14 bug: TypeError as above; past it, pg_cancel_backend of another role's session without "
-    "pg_signal_backend raises InsufficientPrivilege, and state NULL picks pg_cancel_backend for an idle session"))
 def test_cancel_without_the_right_to_signal_fails_clearly(yesterday, target_db, pg_cluster):
     """``SWITCH_CANCEL_READERS=true`` but the warehouse role may not signal the analyst's session (no
     ``pg_signal_backend``): the night fails naming what to grant; nothing switched, the reader untouched."""
