@@ -538,10 +538,11 @@ SELECT DISTINCT a.pid, a.usename, a.application_name, a.state, a.xact_start, lef
 
 
 def _switch_once(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str, set[str]], objects: KeptObjects,
-                 deferred_sql: str, lock_timeout: float, touched: list[int]) -> dict[str, list[str]]:
+                 deferred_sql: str, lock_timeout: float, touched: list[int], started: list) -> dict[str, list[str]]:
     moved_names: dict[str, list[str]] = {}
     db.rollback()
     with db.transaction():
+        started.append(db.execute("SELECT now()").fetchone()[0])
         _set_lock_timeout(db, lock_timeout)
         users = user_views.save(db, run_id, replaced)
         for schema in sorted(replaced):
@@ -630,9 +631,11 @@ def switch(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str, set[s
     while True:
         attempt += 1
         touched: list[int] = []
+        attempt_started: list = []
         try:
             try:
-                moved = _switch_once(db, run_id, replaced, kept, objects, deferred_sql, lock_timeout, touched)
+                moved = _switch_once(db, run_id, replaced, kept, objects, deferred_sql, lock_timeout, touched,
+                                     attempt_started)
             finally:
                 if deferred_sql.strip():
                     reset_script_settings(db)
@@ -641,6 +644,10 @@ def switch(db, run_id: str, replaced: dict[str, set[str]], kept: dict[str, set[s
             db.rollback()
             blockers = db.execute(_BLOCKERS, (touched,)).fetchall() if touched else []
             db.rollback()
+            # the readers that queued behind the waiting switch hold the lock now too: only the sessions already in a
+            # transaction when the attempt began blocked it (a hidden one, whose start is unknown, is kept)
+            if attempt_started:
+                blockers = [b for b in blockers if b[4] is None or b[4] < attempt_started[0]]
             described = "; ".join(_describe_blocker(*row) for row in blockers) or \
                 "sessions that had ended by the time they were looked for"
             log.warning("switch attempt %s waited %s s for readers: %s", attempt, lock_timeout, described)
