@@ -25,6 +25,7 @@ import pytest
 from airflow_helpers import dag_run_state, run_dag_test, task_states
 from conftest import TEST_PASSWORD, table_fingerprint
 from devenv.lcms_server import start_lcms_server
+from dump_helpers import add_refused_table
 from devenv.sample_data import load_sample
 from night_readers import Reader, Sample, analyst_role, counts, describe, leftover_schemas, longest, reading_problems
 from scheduler_harness import airflow_bin
@@ -86,20 +87,6 @@ def new_rows_at_the_source(source, users: int = 25, answers: int = 40) -> None:
         db.commit()
 
 
-def refused_table(pg_cluster, source) -> None:
-    """A new table whose CHECK reads a database setting only the source has: the warehouse refuses its rows, so the
-    restore fails while it loads tonight's data (tests/safety/test_restore_failures.py does the same)."""
-    pg_cluster.execute(f'ALTER DATABASE "{source.dbname}" SET pgrepl.allowed = \'on\'')
-    with source.connect() as db:
-        db.execute("""
-            CREATE FUNCTION public.pgrepl_allowed() RETURNS boolean LANGUAGE sql STABLE
-            AS $$ SELECT coalesce(current_setting('pgrepl.allowed', true), 'off') = 'on' $$;
-            CREATE TABLE guarded (id int PRIMARY KEY, note text, CHECK (public.pgrepl_allowed()));
-            INSERT INTO guarded SELECT g, 'row ' || g FROM generate_series(1, 100) g;
-        """)
-        db.commit()
-
-
 def read_during(reader: Reader, run) -> tuple[list[Sample], object]:
     """Start ``reader``, wait (polling) until it reads, run the night, stop it: (samples, the run's result)."""
     reader.start()
@@ -154,7 +141,7 @@ def nights(pg_cluster, tmp_path_factory) -> Nights:
         leftovers = leftover_schemas(target)
         before = table_fingerprint(target)
         new_rows_at_the_source(source, users=5, answers=7)
-        refused_table(pg_cluster, source)
+        add_refused_table(pg_cluster, source)
         night3, third = read_during(Reader(analyst, RELATIONS), lambda: run("night3"))
         print(f"night 3 (fails in the restore), {len(night3)} reads, longest select {longest(night3):.3f} s:\n"
               + describe(night3, RELATIONS))

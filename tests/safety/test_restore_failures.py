@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TEST_PASSWORD, table_fingerprint
+from dump_helpers import add_refused_table
 from pgrepl import fullcopy
 from pgrepl import swap as warehouse
 from pgrepl.settings import ReplicationSettings
@@ -64,20 +65,6 @@ def assert_yesterday(target, yesterday) -> None:
         assert db.execute("SELECT count(*) FROM _pgrepl.lease").fetchone()[0] == 0
         # nothing of tonight's source leaked in
         assert db.execute("SELECT count(*) FROM pg_class WHERE relname IN ('guarded', 'slow')").fetchone()[0] == 0
-
-
-def add_refused_table(pg_cluster, source) -> None:
-    """A table whose CHECK reads a database-level setting that only the source has: the warehouse refuses its rows."""
-    pg_cluster.execute(f'ALTER DATABASE "{source.dbname}" SET pgrepl.allowed = \'on\'')
-    with source.connect() as db:  # a new session: it sees the database setting
-        assert db.execute("SELECT current_setting('pgrepl.allowed', true)").fetchone()[0] == "on"
-        db.execute("""
-            CREATE FUNCTION public.pgrepl_allowed() RETURNS boolean LANGUAGE sql STABLE
-            AS $$ SELECT coalesce(current_setting('pgrepl.allowed', true), 'off') = 'on' $$;
-            CREATE TABLE guarded (id int PRIMARY KEY, note text, CHECK (public.pgrepl_allowed()));
-            INSERT INTO guarded SELECT g, 'row ' || g FROM generate_series(1, 100) g;
-        """)
-        db.commit()
 
 
 def add_slow_table(source) -> None:

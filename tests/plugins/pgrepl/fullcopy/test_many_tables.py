@@ -24,6 +24,7 @@ from psycopg import sql
 
 from conftest import TEST_PASSWORD
 from devenv import many_tables
+from dump_helpers import add_refused_table
 from devenv.cluster import Cluster
 from pgrepl import fullcopy, incremental, staging, verify
 from pgrepl.settings import ReplicationSettings, TableMode, TableName
@@ -202,21 +203,6 @@ def warehouse(clusters, night1, request):
     return new_warehouse(clusters, name, template=night1["target"].dbname)
 
 
-def add_refused_table(clusters, source) -> None:
-    """A table whose CHECK reads a database setting only the source has: the warehouse refuses its rows, so the
-    restore fails after pg_restore has started (at the table's data)."""
-    clusters[0].execute(sql.SQL("ALTER DATABASE {} SET pgrepl.allowed = 'on'").format(
-        sql.Identifier(source.dbname)).as_string())
-    with source.connect() as db:
-        db.execute("""
-            CREATE FUNCTION tenant_b.pgrepl_allowed() RETURNS boolean LANGUAGE sql STABLE
-            AS $$ SELECT coalesce(current_setting('pgrepl.allowed', true), 'off') = 'on' $$;
-            CREATE TABLE tenant_b.guarded (id int PRIMARY KEY, note text, CHECK (tenant_b.pgrepl_allowed()));
-            INSERT INTO tenant_b.guarded SELECT g, 'row ' || g FROM generate_series(1, 100) g;
-        """)
-        db.commit()
-
-
 def drop_refused_table(source) -> None:
     with source.connect() as db:
         db.execute("DROP TABLE IF EXISTS tenant_b.guarded")
@@ -276,7 +262,7 @@ def test_kept_tables_an_interrupted_cleanup_a_failing_night_then_a_good_one(clus
     tonight = oids(warehouse, replaced)
 
     # -- night 3: finishes night 2's cleanup, then fails after pg_restore started; the live warehouse is untouched
-    add_refused_table(clusters, big_source)
+    add_refused_table(clusters[0], big_source, "tenant_b")
     try:
         with pytest.raises(RuntimeError, match="violates check constraint"):
             fullcopy.run_full_copy(settings, "night3")
