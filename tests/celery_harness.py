@@ -201,10 +201,12 @@ class CeleryStack(AirflowStack):
         self._poll(f"workers {sorted(names)} to answer", answering, timeout, interval=1)
 
     def kill_worker(self, name: str) -> int:
-        """SIGKILL the worker's process group (Celery and the task processes it forked), as when its host dies.
+        """SIGKILL the worker's process group (Celery and the task supervisors it forked), as when its host dies.
 
-        Children that put themselves in a session of their own (the BashOperator's ``bash`` and the client it
-        runs) survive, as a client would keep its connections until the network drops them. Returns the pid.
+        Processes in a group of their own survive: the task process itself (Airflow 3.3's supervisor puts it in a
+        new process group), and so the client it runs (``bash``, ``pg_restore``), as a client would keep its
+        connections until the network drops them. The task is failed by the scheduler all the same (its heartbeats
+        stop); the ``rollback`` task ends its session before it cleans up. Returns the pid.
         """
         process = self.processes.pop(name)
         try:

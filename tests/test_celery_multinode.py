@@ -281,7 +281,7 @@ def test_worker_killed_during_restore_then_cleared(stack, first_night, pg_cluste
             assert ("_pgrepl_stage_public",) in warehouse_state(target)["cleanup"], "staging should be in progress"
             assert table_fingerprint(target) == yesterday_fingerprint
 
-            # beta's host dies: its Celery worker and task processes; pg_restore, in a session of its own, lives on
+            # beta's host dies: its Celery worker and task supervisors; the task process and its pg_restore live on
             stack.kill_worker("beta")
             assert own_processes(stack, "pg_restore"), "pg_restore should outlive its worker (orphan)"
 

@@ -156,7 +156,7 @@ def drop_schema_in_batches(db, schema: str, batch_size: int = DROP_BATCH, lock_t
                 ]
                 db.execute(sql.SQL("; ").join(statements))
             else:
-                db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+                db.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
         dropped += len(rows)
         if on_batch is not None:
             on_batch(schema, dropped)

@@ -87,7 +87,7 @@ def preflight(run_id: str, dag_id: str | None = None) -> dict:
 
 def rollback(run_id: str) -> list[str]:
     """After a failed restore: drop its staging work (the live warehouse was never touched)."""
-    restored = fullcopy.rollback(replication_settings())
+    restored = fullcopy.rollback(replication_settings(), run_id)
     log.info("staging schemas dropped: %s", restored or "none (nothing was left)")
     return restored
 

@@ -192,7 +192,7 @@ def test_every_warehouse_connection_terminated(night, pg_cluster, source_db, tar
     with target_db.connect() as db:  # tonight's half-built staging waits for the rollback task
         left = {r[0] for r in db.execute("SELECT schema_name FROM _pgrepl.cleanup").fetchall()}
         assert "_pgrepl_stage_public" in left
-    assert set(fullcopy.rollback(settings)) == left
+    assert set(fullcopy.rollback(settings, "lost-run")) == left
     with target_db.connect() as db:
         assert warehouse.release_lease(db, "lost-run")
     assert_yesterday(target_db, yesterday)
@@ -206,6 +206,31 @@ def test_every_warehouse_connection_terminated(night, pg_cluster, source_db, tar
 
 
 # -- the same through Airflow ----------------------------------------------------------------------
+
+
+def test_rollback_ends_a_live_attempt_of_its_run_and_leaves_another_runs_work(night, target_db):
+    """Airflow 3.3 runs a task in a process group of its own: when a worker's supervisor dies, Airflow fails the
+    task, but its process may live on and still hold the warehouse. The ``rollback`` task of the same run ends that
+    session before dropping the staging work (two cleanups never race); the ``rollback`` of a run that never got
+    the lease (another run holds it) touches nothing of that run's work."""
+    settings, yesterday = night
+    with target_db.connect() as zombie, target_db.connect() as db:
+        warehouse.lock_warehouse(zombie, "zombie-run")  # the attempt Airflow failed, still connected
+        db.execute("CREATE SCHEMA _pgrepl_stage_public")
+        db.execute("CREATE TABLE _pgrepl_stage_public.users (id int)")
+        db.execute("INSERT INTO _pgrepl.cleanup (schema_name, kind, run_id) "
+                   "VALUES ('_pgrepl_stage_public', 'staging', 'zombie-run')")
+        db.commit()
+        # another run's rollback: the lease is zombie-run's, so its staging work stays
+        assert fullcopy.rollback(settings, "other-run") == []
+        assert db.execute("SELECT count(*) FROM pg_namespace WHERE nspname = '_pgrepl_stage_public'").fetchone()[0]
+        db.rollback()
+        # its own run's rollback: the live attempt's session is ended, the staging dropped
+        assert fullcopy.rollback(settings, "zombie-run") == ["_pgrepl_stage_public"]
+        with pytest.raises(Exception):
+            zombie.execute("SELECT 1")
+        assert warehouse.release_lease(db, "zombie-run")
+    assert_yesterday(target_db, yesterday)
 
 def test_failed_restore_in_a_dag_run(night, pg_cluster, source_db, target_db, tmp_path):
     """(d) ``airflow dags test pg_replication`` with the refused table: the run fails at restore, ``rollback`` runs,

@@ -375,11 +375,23 @@ def refresh_after_incremental(settings: ReplicationSettings, views: list[list[st
     return {"refreshed": timings, "missing": [".".join(v) for v in missing]}
 
 
-def rollback(settings: ReplicationSettings) -> list[str]:
+def rollback(settings: ReplicationSettings, run_id: str) -> list[str]:
     """After a failed restore: drop what it left of its staging work (the live warehouse was never touched), and put
     yesterday's warehouse back if an attempt of the version before staging stopped half-way. Returns the schemas
-    put back or dropped."""
+    put back or dropped.
+
+    It first takes the warehouse lock for ``run_id``, as the restore does: a restore attempt of this run that still
+    runs although Airflow failed it (its supervisor died, the task process lives on) has its session ended, so two
+    cleanups never race. When another run holds the lease (this run failed before its restore because of it), that
+    run's staging work is its own: nothing is touched."""
     with settings.target.connect() as db:
+        try:
+            swap.lock_warehouse(db, run_id)
+        except swap.WarehouseBusy as exc:
+            if exc.retryable:
+                raise
+            log.warning("nothing rolled back: %s", exc)
+            return []
         restored = swap.rollback_swap(db)
         done = staging.finish_cleanup(db, kinds=("staging", "shadow"), lock_timeout=settings.switch_lock_timeout)
     return restored + sorted(done["dropped"])
