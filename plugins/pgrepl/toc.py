@@ -74,6 +74,12 @@ def parse_entries(data: bytes) -> list[TocEntry]:
 
     :raises TocFormatError: not a pg_dump archive, or a version this reader does not know.
     """
+    return _parse(data)[0]
+
+
+def _parse(data: bytes) -> tuple[list[TocEntry], int, list[tuple[int, int]]]:
+    """The entries, the archive's integer size, and where each entry's COPY statement lies (``(start, end)`` byte
+    offsets of the whole length-prefixed string)."""
     r = _Reader(data)
     if r.take(len(MAGIC)) != MAGIC:
         raise TocFormatError("toc.dat does not start with PGDMP")
@@ -95,6 +101,7 @@ def parse_entries(data: bytes) -> list[TocEntry]:
     r.str()  # pg_dump version
     count = r.int()
     entries: list[TocEntry] = []
+    spans: list[tuple[int, int]] = []
     for _ in range(count):
         dump_id = r.int()
         r.int()  # had dumper
@@ -105,7 +112,9 @@ def parse_entries(data: bytes) -> list[TocEntry]:
         r.int()  # section
         r.str()  # definition
         r.str()  # drop statement
+        start = r.pos
         copy_stmt = r.str()
+        spans.append((start, r.pos))
         namespace = r.str()
         r.str()  # tablespace
         if version >= (1, 14):
@@ -120,7 +129,27 @@ def parse_entries(data: bytes) -> list[TocEntry]:
         filename = r.str()  # directory format: the entry's data file name
         entries.append(TocEntry(dump_id, desc or "", tag or "", namespace or None, copy_stmt or None,
                                 filename or None, tuple(deps)))
-    return entries
+    return entries, r.int_size, spans
+
+
+def _encode_str(value: str, int_size: int) -> bytes:
+    raw = value.encode("utf-8")
+    return b"\x00" + len(raw).to_bytes(int_size, "little") + raw
+
+
+def rewrite_copy_statements(data: bytes, rewrite) -> tuple[bytes, int]:
+    """``toc.dat`` with each TABLE DATA entry's COPY statement replaced by ``rewrite(entry)`` (``None``: kept as
+    is); every other byte unchanged. Returns the new bytes and how many statements changed."""
+    entries, int_size, spans = _parse(data)
+    parts, last, changed = [], 0, 0
+    for entry, (start, end) in zip(entries, spans):
+        new = rewrite(entry) if entry.copy_stmt else None
+        if new is None or new == entry.copy_stmt:
+            continue
+        parts += [data[last:start], _encode_str(new, int_size)]
+        last, changed = end, changed + 1
+    parts.append(data[last:])
+    return b"".join(parts), changed
 
 
 def parse_dependencies(data: bytes) -> dict[int, tuple[int, ...]]:

@@ -233,6 +233,8 @@ def build_staging(db, settings: ReplicationSettings, paths: RunPaths, planned: R
                 staging._rename(admin, stage, shadow)
                 staging.record_cleanup(admin, shadow, "shadow", run_id)
     linked = staging.link_data_files(paths.dump_dir, source_entries, stage_dir, read_entries(stage_dir), schemas)
+    if settings.jobs > 1:
+        staging.freeze_copy_statements(stage_dir)
     stage_list = lists / "staging-archive.list"
     listing = subprocess.run([pg_restore, "--list", str(stage_dir)], capture_output=True, text=True)
     if listing.returncode != 0:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from pgrepl import staging
-from pgrepl.toc import TocEntry
+from pgrepl.toc import TocEntry, read_entries
 
 
 def entry(dump_id, desc="VIEW", deps=(), namespace="public", tag="t", copy=None, filename=None):
@@ -141,3 +141,37 @@ def test_inheritance_child_with_reordered_columns_is_loaded_by_copy(source_db, t
         assert [r[0] for r in dst.execute(
             "SELECT attname FROM pg_attribute WHERE attrelid = 'inh_child'::regclass AND attnum > 0 ORDER BY attnum"
         ).fetchall()] == ["a", "c", "b"]  # the rebuilt child's own order: the case this path exists for
+
+
+def test_freeze_copy_statements_changes_only_the_copy_statements(source_db, tmp_path):
+    """The staging archive's ``toc.dat`` rewritten by :func:`staging.freeze_copy_statements` (a real pg_dump
+    archive): every TABLE DATA entry's COPY gains ``WITH (FREEZE)``, every other field of every entry is as pg_dump
+    wrote it, and pg_restore reads the archive as before."""
+    import subprocess
+
+    from pgrepl.fullcopy.common import client_environment
+    from pgrepl.pgtools import tool
+
+    archive = tmp_path / "archive"
+    with client_environment(source_db) as env:
+        subprocess.run([tool("pg_dump"), "--format=directory", "--compress=0", f"--file={archive}",
+                        f"--dbname={source_db.safe_url()}"], env=env, check=True, capture_output=True)
+    before = read_entries(archive)
+    listing = subprocess.run([tool("pg_restore"), "--list", str(archive)], capture_output=True, text=True, check=True)
+    data_entries = [e for e in before if e.desc == "TABLE DATA"]
+    assert len(data_entries) >= 5
+
+    assert staging.freeze_copy_statements(archive) == len(data_entries)
+    after = read_entries(archive)
+    assert [(e.dump_id, e.desc, e.tag, e.namespace, e.filename, e.deps) for e in after] == [(e.dump_id, e.desc, e.tag, e.namespace, e.filename, e.deps) for e in before]
+    for old, new in zip(before, after):
+        if old.desc == "TABLE DATA":
+            assert new.copy_stmt == old.copy_stmt.replace("FROM stdin;", "FROM stdin WITH (FREEZE);")
+        else:
+            assert new.copy_stmt == old.copy_stmt
+    relisted = subprocess.run([tool("pg_restore"), "--list", str(archive)], capture_output=True, text=True, check=True)
+    strip = lambda text: [line for line in text.splitlines() if not line.startswith(";")]  # noqa: E731
+    assert strip(relisted.stdout) == strip(listing.stdout)
+    script = subprocess.run([tool("pg_restore"), "--data-only", "-f", "-", str(archive)], capture_output=True,
+                            text=True, check=True).stdout
+    assert script.count("FROM stdin WITH (FREEZE);") == len(data_entries)

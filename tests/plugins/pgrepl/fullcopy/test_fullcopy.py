@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 
@@ -54,6 +55,31 @@ def test_full_copy_equals_source(make_settings, source_db, target_db, fingerprin
     assert rows(target_db, "SELECT count(*) FROM pg_namespace WHERE nspname LIKE '\\_pgrepl\\_prev%'")[0][0] == 0
     assert not glob.glob(os.path.join(make_settings().work_dir, "run1", "dump"))
     assert rows(target_db, "SELECT count(*) FROM _pgrepl.lease")[0][0] == 0
+
+
+#: pages of each table and how many the visibility map marks all-visible (counted when the restore built its
+#: primary key: ``CREATE INDEX`` records ``relallvisible``)
+ALL_VISIBLE = """
+SELECT relname, relpages, relallvisible FROM pg_class
+ WHERE relnamespace = 'public'::regnamespace AND relname IN ('users', 'knowledge-elements', 'answers-archive')
+"""
+
+
+@pytest.mark.parametrize("jobs, frozen", [(2, True), (1, False)])
+def test_rows_are_loaded_frozen_by_a_parallel_restore(make_settings, source_db, target_db, fingerprint, jobs, frozen):
+    """``pg_restore --jobs`` > 1 loads each table it created as ``BEGIN; TRUNCATE; COPY ... WITH (FREEZE)``: rows
+    frozen, every page all-visible, so the index builds and FK checks that follow skip per-row visibility work. A
+    serial restore (no TRUNCATE first, where FREEZE is refused) loads them plainly."""
+    settings = dataclasses.replace(make_settings(), jobs=jobs)
+    fullcopy.run_full_copy(settings, f"jobs{jobs}")
+    assert fingerprint(target_db) == fingerprint(source_db)
+    pages = {name: (relpages, allvisible) for name, relpages, allvisible in rows(target_db, ALL_VISIBLE)}
+    assert set(pages) == {"users", "knowledge-elements", "answers-archive"}
+    assert all(relpages > 0 for relpages, _ in pages.values()), pages
+    if frozen:
+        assert all(allvisible == relpages for relpages, allvisible in pages.values()), pages
+    else:
+        assert all(allvisible == 0 for _, allvisible in pages.values()), pages
 
 
 def test_second_night_replaces_and_kept_tables_are_untouched(make_settings, source_db, target_db, fingerprint):
