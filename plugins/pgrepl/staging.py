@@ -43,7 +43,7 @@ from psycopg import sql
 
 from pgrepl import sqlfiles, swap, user_views
 from pgrepl.errors import PgreplError
-from pgrepl.toc import TocEntry, read_entries, rewrite_copy_statements
+from pgrepl.toc import TocEntry, read_entries, rewrite_entries
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ def live_name(schema: str) -> str:
     return _prefixed(LIVE_PREFIX, schema)
 
 
-def _exists(db, schema: str) -> bool:
-    return db.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is not None
+#: one definition of "this schema exists" for the staging and the swap
+_exists = swap._schema_exists
 
 
 def _rename(db, old: str, new: str) -> None:
@@ -447,22 +447,69 @@ def _data_file(dump_dir: Path, filename: str) -> Path | None:
 
 _FROM_STDIN = re.compile(r"FROM stdin;\s*$")
 
+#: the primary keys and unique constraints of plain tables in the staging schemas, with their index's definition
+_UNIQUE_CONSTRAINTS = """
+SELECT c.oid, pg_get_indexdef(c.conindid), n.nspname, t.relname, c.conname, c.contype, c.condeferrable,
+       c.condeferred
+  FROM pg_constraint c
+  JOIN pg_class t ON t.oid = c.conrelid
+  JOIN pg_namespace n ON n.oid = t.relnamespace
+ WHERE n.nspname = ANY(%s) AND c.contype IN ('p', 'u') AND c.conparentid = 0
+   AND t.relkind = 'r' AND NOT t.relispartition
+"""
 
-def freeze_copy_statements(stage_dir: Path) -> int:
-    """Make every COPY of the staging archive ``COPY ... FROM stdin WITH (FREEZE)``; return how many changed.
 
-    A parallel ``pg_restore`` loads each table it created in the same run as ``BEGIN; TRUNCATE TABLE ONLY t; COPY
-    ...; COMMIT``, which is exactly when PostgreSQL allows FREEZE: the rows are written frozen and their pages
-    marked all-visible. Every later pass over tonight's tables (index builds, FK validations, the readers'
-    queries) then skips per-row visibility checks and no longer rewrites each page to set hint bits, and
-    autovacuum has nothing to freeze. Measured on the seed's data at scale 3: an FK check over 6 M rows 1.6 s ->
-    0.4 s. Only for ``pg_restore --jobs`` > 1 (a serial restore does not truncate first: FREEZE would be refused).
+def unique_constraint_builds(db, schemas: list[str]) -> dict[int, str]:
+    """``{constraint oid: SQL}`` for each primary key and unique constraint of a plain table in the staging
+    ``schemas``: its unique index built like any other index, then the constraint attached to it.
+
+    ``ALTER TABLE ... ADD PRIMARY KEY`` takes an ACCESS EXCLUSIVE lock, so ``pg_restore`` runs it alone on its table,
+    after or before the table's other indexes: on a big table that is one more step in a row. ``CREATE UNIQUE INDEX``
+    takes the same SHARE lock as the other index builds and runs beside them; ``ADD CONSTRAINT ... USING INDEX``
+    then only records the constraint (its own short transaction: ``COMMIT`` in between, so no session holds a lock
+    while it waits for another, and two such entries of one table can never deadlock). Same index, same name, same
+    constraint (deferrable attributes kept) as pg_dump's statement. Partitioned tables and partitions keep pg_dump's
+    statement (their indexes are attached to the parent's)."""
+    builds = {}
+    for oid, indexdef, schema, table, name, kind, deferrable, deferred in db.execute(
+            _UNIQUE_CONSTRAINTS, (schemas,)).fetchall():
+        attach = sql.SQL("ALTER TABLE ONLY {} ADD CONSTRAINT {} {} USING INDEX {}{}").format(
+            sql.Identifier(schema, table), sql.Identifier(name),
+            sql.SQL("PRIMARY KEY" if kind == "p" else "UNIQUE"), sql.Identifier(name),
+            sql.SQL(" DEFERRABLE" + (" INITIALLY DEFERRED" if deferred else "") if deferrable else ""))
+        builds[oid] = f"{indexdef};\nCOMMIT;\n{attach.as_string(db)};\n"
+    db.rollback()
+    return builds
+
+
+def tune_archive(stage_dir: Path, unique_builds: dict[int, str], freeze: bool) -> dict[str, int]:
+    """Rewrite the staging archive's ``toc.dat`` for a parallel ``pg_restore`` (``--jobs`` > 1); returns how many
+    entries of each kind changed.
+
+    - ``freeze``: every COPY becomes ``COPY ... FROM stdin WITH (FREEZE)``. A parallel ``pg_restore`` loads each
+      table it created in the same run as ``BEGIN; TRUNCATE TABLE ONLY t; COPY ...; COMMIT``, exactly when
+      PostgreSQL allows FREEZE: the rows are written frozen and their pages marked all-visible. Every later pass
+      over tonight's tables (index builds, FK validations, the readers' queries) then skips per-row visibility
+      checks and no longer rewrites each page to set hint bits, and autovacuum has nothing to freeze. Measured on
+      the seed's data at scale 3: an FK check over 6 M rows 1.6 s -> 0.4 s. (A serial restore does not truncate
+      first: FREEZE would be refused there.)
+    - ``unique_builds`` (:func:`unique_constraint_builds`): each of those CONSTRAINT entries becomes an INDEX entry
+      running that SQL, so ``pg_restore`` schedules it beside the table's other index builds (it keeps only ALTER
+      TABLE entries of one table apart), while everything that depends on the constraint still waits for it.
     """
+    changed = {"frozen_copies": 0, "unique_indexes_beside": 0}
+
+    def rewrite(entry: TocEntry) -> dict | None:
+        if freeze and entry.desc == "TABLE DATA" and entry.copy_stmt:
+            changed["frozen_copies"] += 1
+            return {"copy_stmt": _FROM_STDIN.sub("FROM stdin WITH (FREEZE);\n", entry.copy_stmt)}
+        if entry.desc == "CONSTRAINT" and entry.catalog_oid in unique_builds:
+            changed["unique_indexes_beside"] += 1
+            return {"desc": "INDEX", "defn": unique_builds[entry.catalog_oid]}
+        return None
+
     toc = stage_dir / "toc.dat"
-    data, changed = rewrite_copy_statements(
-        toc.read_bytes(), lambda e: _FROM_STDIN.sub("FROM stdin WITH (FREEZE);\n", e.copy_stmt)
-        if e.desc == "TABLE DATA" else None)
-    toc.write_bytes(data)
+    toc.write_bytes(rewrite_entries(toc.read_bytes(), rewrite)[0])
     return changed
 
 

@@ -67,6 +67,8 @@ class TocEntry:
     copy_stmt: str | None  # ``COPY schema.table (columns) FROM stdin;`` of a TABLE DATA entry
     filename: str | None  # directory format: the entry's data file (``1234.dat``), None without data
     deps: tuple[int, ...]
+    catalog_oid: int | None = None  # the object's oid in the dumped database (``pg_constraint`` for a CONSTRAINT)
+    defn: str | None = None  # the SQL pg_restore runs for the entry
 
 
 def parse_entries(data: bytes) -> list[TocEntry]:
@@ -77,9 +79,13 @@ def parse_entries(data: bytes) -> list[TocEntry]:
     return _parse(data)[0]
 
 
-def _parse(data: bytes) -> tuple[list[TocEntry], int, list[tuple[int, int]]]:
-    """The entries, the archive's integer size, and where each entry's COPY statement lies (``(start, end)`` byte
-    offsets of the whole length-prefixed string)."""
+#: the fields of an entry :func:`rewrite_entries` may replace
+REWRITABLE = ("desc", "defn", "copy_stmt")
+
+
+def _parse(data: bytes) -> tuple[list[TocEntry], int, list[dict[str, tuple[int, int]]]]:
+    """The entries, the archive's integer size, and where each entry's :data:`REWRITABLE` fields lie (``(start,
+    end)`` byte offsets of the whole length-prefixed string)."""
     r = _Reader(data)
     if r.take(len(MAGIC)) != MAGIC:
         raise TocFormatError("toc.dat does not start with PGDMP")
@@ -101,20 +107,26 @@ def _parse(data: bytes) -> tuple[list[TocEntry], int, list[tuple[int, int]]]:
     r.str()  # pg_dump version
     count = r.int()
     entries: list[TocEntry] = []
-    spans: list[tuple[int, int]] = []
+    spans: list[dict[str, tuple[int, int]]] = []
+    def field(where: dict[str, tuple[int, int]], name: str) -> str | None:
+        start = r.pos
+        value = r.str()
+        where[name] = (start, r.pos)
+        return value
+
     for _ in range(count):
+        where: dict[str, tuple[int, int]] = {}
         dump_id = r.int()
         r.int()  # had dumper
         r.str()  # table oid
-        r.str()  # oid
+        oid = r.str()
         tag = r.str()
-        desc = r.str()
+        desc = field(where, "desc")
         r.int()  # section
-        r.str()  # definition
+        defn = field(where, "defn")
         r.str()  # drop statement
-        start = r.pos
-        copy_stmt = r.str()
-        spans.append((start, r.pos))
+        copy_stmt = field(where, "copy_stmt")
+        spans.append(where)
         namespace = r.str()
         r.str()  # tablespace
         if version >= (1, 14):
@@ -128,7 +140,8 @@ def _parse(data: bytes) -> tuple[list[TocEntry], int, list[tuple[int, int]]]:
             deps.append(int(dep))
         filename = r.str()  # directory format: the entry's data file name
         entries.append(TocEntry(dump_id, desc or "", tag or "", namespace or None, copy_stmt or None,
-                                filename or None, tuple(deps)))
+                                filename or None, tuple(deps), int(oid) if oid and oid.isdigit() else None,
+                                defn or None))
     return entries, r.int_size, spans
 
 
@@ -137,17 +150,24 @@ def _encode_str(value: str, int_size: int) -> bytes:
     return b"\x00" + len(raw).to_bytes(int_size, "little") + raw
 
 
-def rewrite_copy_statements(data: bytes, rewrite) -> tuple[bytes, int]:
-    """``toc.dat`` with each TABLE DATA entry's COPY statement replaced by ``rewrite(entry)`` (``None``: kept as
-    is); every other byte unchanged. Returns the new bytes and how many statements changed."""
+def rewrite_entries(data: bytes, rewrite) -> tuple[bytes, int]:
+    """``toc.dat`` with fields of entries replaced: ``rewrite(entry)`` returns ``{field: new text}`` for fields of
+    :data:`REWRITABLE` (or ``None``: the entry stays as is); every other byte is unchanged. Returns the new bytes
+    and how many entries changed."""
     entries, int_size, spans = _parse(data)
-    parts, last, changed = [], 0, 0
-    for entry, (start, end) in zip(entries, spans):
-        new = rewrite(entry) if entry.copy_stmt else None
-        if new is None or new == entry.copy_stmt:
-            continue
-        parts += [data[last:start], _encode_str(new, int_size)]
-        last, changed = end, changed + 1
+    edits, changed = [], 0
+    for entry, where in zip(entries, spans):
+        new = rewrite(entry) or {}
+        unknown = set(new) - set(REWRITABLE)
+        if unknown:
+            raise ValueError(f"toc.dat fields that cannot be rewritten: {sorted(unknown)}")
+        mine = [(where[name], value) for name, value in new.items() if value != getattr(entry, name)]
+        edits += mine
+        changed += bool(mine)
+    parts, last = [], 0
+    for (start, end), value in sorted(edits):
+        parts += [data[last:start], _encode_str(value, int_size)]
+        last = end
     parts.append(data[last:])
     return b"".join(parts), changed
 

@@ -76,5 +76,6 @@ def run_full_copy(settings: ReplicationSettings, key: str, run_id: str | None = 
         "source_counts": dumped["source_counts"],
         "refresh_after_incremental": restored["refresh_after_incremental"],
         "restore_cleanup_pending": restored["cleanup_pending"],
+        "restore_archive": restored["archive"],
         "user_views": views,
     }

@@ -143,10 +143,10 @@ def test_inheritance_child_with_reordered_columns_is_loaded_by_copy(source_db, t
         ).fetchall()] == ["a", "c", "b"]  # the rebuilt child's own order: the case this path exists for
 
 
-def test_freeze_copy_statements_changes_only_the_copy_statements(source_db, tmp_path):
-    """The staging archive's ``toc.dat`` rewritten by :func:`staging.freeze_copy_statements` (a real pg_dump
-    archive): every TABLE DATA entry's COPY gains ``WITH (FREEZE)``, every other field of every entry is as pg_dump
-    wrote it, and pg_restore reads the archive as before."""
+def test_tune_archive_changes_only_copy_statements_and_unique_constraints(source_db, target_db, tmp_path):
+    """A real pg_dump archive rewritten by :func:`staging.tune_archive`: every TABLE DATA entry's COPY gains
+    ``WITH (FREEZE)``, the chosen CONSTRAINT entries become INDEX entries with their new SQL, every other field
+    of every entry is as pg_dump wrote it, and pg_restore reads the archive as before."""
     import subprocess
 
     from pgrepl.fullcopy.common import client_environment
@@ -159,19 +159,29 @@ def test_freeze_copy_statements_changes_only_the_copy_statements(source_db, tmp_
     before = read_entries(archive)
     listing = subprocess.run([tool("pg_restore"), "--list", str(archive)], capture_output=True, text=True, check=True)
     data_entries = [e for e in before if e.desc == "TABLE DATA"]
-    assert len(data_entries) >= 5
+    keys = [e for e in before if e.desc == "CONSTRAINT" and e.tag.endswith("_pkey")][:2]
+    assert len(data_entries) >= 5 and len(keys) == 2 and all(k.catalog_oid for k in keys)
+    builds = {k.catalog_oid: f"-- built beside {k.tag}\n" for k in keys}
 
-    assert staging.freeze_copy_statements(archive) == len(data_entries)
+    assert staging.tune_archive(archive, builds, freeze=True) == {
+        "frozen_copies": len(data_entries), "unique_indexes_beside": 2}
     after = read_entries(archive)
-    assert [(e.dump_id, e.desc, e.tag, e.namespace, e.filename, e.deps) for e in after] == [(e.dump_id, e.desc, e.tag, e.namespace, e.filename, e.deps) for e in before]
+    same = lambda e: (e.dump_id, e.tag, e.namespace, e.filename, e.deps, e.catalog_oid)  # noqa: E731
+    assert [same(e) for e in after] == [same(e) for e in before]
     for old, new in zip(before, after):
         if old.desc == "TABLE DATA":
             assert new.copy_stmt == old.copy_stmt.replace("FROM stdin;", "FROM stdin WITH (FREEZE);")
+            assert (new.desc, new.defn) == (old.desc, old.defn)
+        elif old in keys:
+            assert (new.desc, new.defn, new.copy_stmt) == ("INDEX", f"-- built beside {old.tag}\n", old.copy_stmt)
         else:
-            assert new.copy_stmt == old.copy_stmt
+            assert new == old
     relisted = subprocess.run([tool("pg_restore"), "--list", str(archive)], capture_output=True, text=True, check=True)
     strip = lambda text: [line for line in text.splitlines() if not line.startswith(";")]  # noqa: E731
-    assert strip(relisted.stdout) == strip(listing.stdout)
-    script = subprocess.run([tool("pg_restore"), "--data-only", "-f", "-", str(archive)], capture_output=True,
+    assert strip(relisted.stdout) == [line.replace(" CONSTRAINT ", " INDEX ", 1)
+                                      if any(f" {k.dump_id}; " in f" {line}" for k in keys) else line
+                                      for line in strip(listing.stdout)]
+    script = subprocess.run([tool("pg_restore"), "-f", "-", str(archive)], capture_output=True,
                             text=True, check=True).stdout
     assert script.count("FROM stdin WITH (FREEZE);") == len(data_entries)
+    assert all(f"-- built beside {k.tag}" in script for k in keys)

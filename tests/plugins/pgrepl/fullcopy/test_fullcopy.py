@@ -65,14 +65,59 @@ SELECT relname, relpages, relallvisible FROM pg_class
 """
 
 
+#: every constraint and index of the replaced schema, as PostgreSQL prints them back
+DEFINITIONS = """
+SELECT 'constraint', conrelid::regclass::text, conname,
+       pg_get_constraintdef(oid) || CASE WHEN condeferrable THEN ' deferrable' ELSE '' END
+       || CASE WHEN condeferred THEN ' deferred' ELSE '' END
+  FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+UNION ALL
+SELECT 'index', tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'
+ORDER BY 1, 2, 3
+"""
+
+
 @pytest.mark.parametrize("jobs, frozen", [(2, True), (1, False)])
-def test_rows_are_loaded_frozen_by_a_parallel_restore(make_settings, source_db, target_db, fingerprint, jobs, frozen):
+def test_parallel_restore_loads_frozen_and_builds_keys_beside_indexes(make_settings, source_db, target_db, fingerprint,
+                                                                       jobs, frozen):
     """``pg_restore --jobs`` > 1 loads each table it created as ``BEGIN; TRUNCATE; COPY ... WITH (FREEZE)``: rows
-    frozen, every page all-visible, so the index builds and FK checks that follow skip per-row visibility work. A
-    serial restore (no TRUNCATE first, where FREEZE is refused) loads them plainly."""
+    frozen, every page all-visible, so the index builds and FK checks that follow skip per-row visibility work. Its
+    primary keys and unique constraints are built as unique indexes beside the other indexes, then attached: the
+    warehouse ends with exactly the source's constraints and indexes (deferrable, NULLS NOT DISTINCT, INCLUDE,
+    storage parameters, a partitioned table's key, a unique constraint and an FK onto it). A serial restore (no
+    TRUNCATE first, where FREEZE is refused) loads plainly and keeps pg_dump's statements."""
+    with source_db.connect() as db:
+        db.execute("""
+            CREATE TABLE "shapes Odd" (id int, code text, slot int, note text,
+                CONSTRAINT "shapes pk" PRIMARY KEY (id) INCLUDE (note) WITH (fillfactor = 80),
+                CONSTRAINT shapes_code UNIQUE NULLS NOT DISTINCT (code),
+                CONSTRAINT shapes_slot UNIQUE (slot) DEFERRABLE INITIALLY DEFERRED);
+            INSERT INTO "shapes Odd" SELECT g, 'c' || g, g, 'n' FROM generate_series(1, 300) g;
+            CREATE TABLE shape_refs (id int PRIMARY KEY, code text REFERENCES "shapes Odd" (code));
+            INSERT INTO shape_refs SELECT g, 'c' || g FROM generate_series(1, 50) g;
+            CREATE TABLE events (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+            CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+            INSERT INTO events SELECT g, DATE '2026-01-01' + g FROM generate_series(1, 200) g;
+        """)
+        db.commit()
     settings = dataclasses.replace(make_settings(), jobs=jobs)
-    fullcopy.run_full_copy(settings, f"jobs{jobs}")
+    result = fullcopy.run_full_copy(settings, f"jobs{jobs}")
+    keys = rows(source_db, "SELECT count(*) FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid "
+                           "WHERE contype IN ('p', 'u') AND t.relkind = 'r' AND NOT t.relispartition "
+                           "AND t.relnamespace = 'public'::regnamespace")[0][0]
+    tables_with_rows = rows(source_db, "SELECT count(*) FROM pg_class WHERE relkind = 'r' "
+                                       "AND relnamespace = 'public'::regnamespace")[0][0]  # a data entry each
+    assert result["restore_archive"] == ({"frozen_copies": tables_with_rows, "unique_indexes_beside": keys} if frozen
+                                         else {"frozen_copies": 0, "unique_indexes_beside": 0})
     assert fingerprint(target_db) == fingerprint(source_db)
+    source_definitions = rows(source_db, DEFINITIONS)
+    assert len([d for d in source_definitions if d[0] == "constraint"]) >= 10
+    target_definitions = rows(target_db, DEFINITIONS)
+    assert [d for d in target_definitions if d in source_definitions] == source_definitions
+    # besides: only include/sql/indexes/ (plain indexes of the enrichment)
+    assert {d[3].split(" ON ")[0] for d in target_definitions if d not in source_definitions} == {
+        f'CREATE INDEX "{name}"' for name in ("answers_challengeId_idx", "knowledge-elements_createdAt_idx",
+                                               "knowledge-element-snapshots_snappedAt_idx", "users_createdAt_idx")}
     pages = {name: (relpages, allvisible) for name, relpages, allvisible in rows(target_db, ALL_VISIBLE)}
     assert set(pages) == {"users", "knowledge-elements", "answers-archive"}
     assert all(relpages > 0 for relpages, _ in pages.values()), pages
@@ -80,6 +125,9 @@ def test_rows_are_loaded_frozen_by_a_parallel_restore(make_settings, source_db, 
         assert all(allvisible == relpages for relpages, allvisible in pages.values()), pages
     else:
         assert all(allvisible == 0 for _, allvisible in pages.values()), pages
+    with target_db.connect() as db:  # the deferrable constraint still defers
+        db.execute('UPDATE "shapes Odd" SET slot = slot + 1')
+        db.commit()
 
 
 def test_second_night_replaces_and_kept_tables_are_untouched(make_settings, source_db, target_db, fingerprint):
