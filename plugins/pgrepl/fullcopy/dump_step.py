@@ -6,6 +6,7 @@ what pg_dump itself locks."""
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -110,12 +111,15 @@ def dump(settings: ReplicationSettings, key: str, runner=run_script) -> dict:
         relations, plan = kept_relations(settings, db)
         parents = read_parents(db)
         extra = dump_environment(settings, paths, snapshot, plan.table_names())
-        with client_environment(settings.source, extra=extra) as env:
+        shutil.rmtree(paths.dump_dir, ignore_errors=True)  # DUMP_SCRIPT does too; the early counter starts empty
+        with client_environment(settings.source, extra=extra) as env, \
+                row_counts.EarlyCounter(paths.dump_dir) as early:
             runner(DUMP_SCRIPT, env)
     dumped = time.monotonic()
     tables = [r for r in relations if r.is_table and r.oid not in plan.kept]
-    counts = row_counts.table_counts(paths.dump_dir, tables, parents, settings.jobs)
-    log.info("counted the rows of %s tables from the dump in %.2f s", len(counts), time.monotonic() - dumped)
+    counts = row_counts.table_counts(paths.dump_dir, tables, parents, settings.jobs, early.counted)
+    log.info("counted the rows of %s tables from the dump in %.2f s after pg_dump (%s data files counted while it "
+             "ran)", len(counts), time.monotonic() - dumped, len(early.counted))
     workdir.clear_restore_failed(paths.root)  # a new dump: no restore failed on it yet
     return {
         "host": worker_hostname(),

@@ -9,12 +9,16 @@ The counts keep the shape of what ``count(*)`` in the dump's snapshot gave befor
 every dumped table, a partitioned (or inheritance) parent counting the rows of all its descendants, as
 ``SELECT count(*) FROM parent`` does. The dump's snapshot is the one these rows were read in, so the counts are
 exactly what the restore loads.
+
+While ``pg_dump`` still writes, :class:`EarlyCounter` counts the data files it has finished (those ending with
+the end marker, unchanged between two looks), so that after it exits only the files still open at the end are read.
 """
 
 from __future__ import annotations
 
 import gzip
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -84,14 +88,93 @@ def count_data_file(path: str | Path) -> int:
     return newlines - TRAILER.count(b"\n")
 
 
-def count_entries(dump_dir: str | Path, entries: Iterable[TocEntry], jobs: int = 4) -> dict[tuple[str, str], int]:
-    """``{(schema, table): rows}`` of every ``TABLE DATA`` entry, ``jobs`` files at a time."""
+def _identity(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _finished(path: Path, size: int) -> bool:
+    """Whether a plain data file of ``size`` bytes ends with the COPY end marker (pg_dump writes it last; a row can
+    never be ``\\.``: pg_dump escapes a lone backslash)."""
+    if size < len(TRAILER):
+        return False
+    with open(path, "rb") as handle:
+        handle.seek(size - len(TRAILER))
+        return handle.read(len(TRAILER)) == TRAILER
+
+
+class EarlyCounter:
+    """Counts the plain data files of a dump folder that ``pg_dump`` has finished while it still writes the others.
+
+    Use as a context manager around the dump, started on an empty (or absent) folder; :attr:`counted` is ``{file
+    name: (identity, rows)}``, which :func:`count_entries` reuses for every file whose identity (inode, size,
+    modification time) has not changed since."""
+
+    def __init__(self, dump_dir: str | Path, interval: float = 0.05):
+        self.dump_dir = Path(dump_dir)
+        self.interval = interval
+        self.counted: dict[str, tuple[tuple, int]] = {}
+        self._seen: dict[str, tuple] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pgrepl-early-count", daemon=True)
+
+    def __enter__(self) -> "EarlyCounter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._look()
+            except OSError:  # the folder is being created or replaced: look again
+                continue
+
+    def _look(self) -> None:
+        if not self.dump_dir.is_dir():
+            return
+        for name in os.listdir(self.dump_dir):
+            if self._stop.is_set():
+                return
+            if not name.endswith(".dat") or name in self.counted:
+                continue
+            path = self.dump_dir / name
+            identity = _identity(path)
+            previous, self._seen[name] = self._seen.get(name), identity
+            if identity != previous or not _finished(path, identity[1]):
+                continue  # still growing, or not looked at twice yet
+            try:
+                rows = count_data_file(path)
+            except DumpCountError:
+                continue
+            if _identity(path) == identity:
+                self.counted[name] = (identity, rows)
+
+
+def count_entries(dump_dir: str | Path, entries: Iterable[TocEntry], jobs: int = 4,
+                  counted: Mapping[str, tuple[tuple, int]] | None = None) -> dict[tuple[str, str], int]:
+    """``{(schema, table): rows}`` of every ``TABLE DATA`` entry, ``jobs`` files at a time.
+
+    :param counted: :attr:`EarlyCounter.counted`: rows of files counted while the dump ran, reused when the file
+        still has the size it had then.
+    """
     dump_dir = Path(dump_dir)
     data = [e for e in entries if e.desc == "TABLE DATA" and e.filename]
     present = set(os.listdir(dump_dir))
     paths = [_data_path(dump_dir, e.filename, present) for e in data]
+    counted = counted or {}
+
+    def rows_of(path: Path) -> int:
+        early = counted.get(path.name)
+        if early is not None and _identity(path) == early[0]:
+            return early[1]
+        return count_data_file(path)
+
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="pgrepl-count") as pool:
-        counts = list(pool.map(count_data_file, paths))
+        counts = list(pool.map(rows_of, paths))
     result: dict[tuple[str, str], int] = {}
     for entry, rows in zip(data, counts):
         key = (entry.namespace or "", entry.tag)
@@ -100,7 +183,7 @@ def count_entries(dump_dir: str | Path, entries: Iterable[TocEntry], jobs: int =
 
 
 def table_counts(dump_dir: str | Path, tables: Iterable[Relation], parents: Mapping[int, int],
-                 jobs: int = 4) -> dict[str, int]:
+                 jobs: int = 4, counted: Mapping[str, tuple[tuple, int]] | None = None) -> dict[str, int]:
     """Rows per dumped table, keyed ``schema.table`` as the ``dump`` XCom's ``source_counts``.
 
     A partitioned table is counted with its partitions' rows; any other table with its own rows and those of its
@@ -110,9 +193,10 @@ def table_counts(dump_dir: str | Path, tables: Iterable[Relation], parents: Mapp
     :param tables: the tables whose rows the dump holds (:class:`~pgrepl.catalog.Relation`, kinds ``r`` and ``p``).
     :param parents: ``child -> parent`` (``pg_inherits``).
     :param jobs: data files read at a time.
+    :param counted: files counted while the dump ran (:class:`EarlyCounter`).
     """
     tables = list(tables)
-    own = count_entries(dump_dir, read_entries(dump_dir), jobs)
+    own = count_entries(dump_dir, read_entries(dump_dir), jobs, counted)
     counted = [r for r in tables if r.kind == "p" or (r.schema, r.name) in own]
     totals = {r.oid: own.get((r.schema, r.name), 0) for r in counted}
     for r in counted:

@@ -15,6 +15,7 @@ from pgrepl import fullcopy
 from pgrepl.fullcopy import row_counts
 from pgrepl.fullcopy.common import run_script
 from pgrepl.settings import ReplicationSettings, TableMode, TableName
+from pgrepl.toc import TocEntry
 
 TRICKY_SCHEMA = """
 CREATE TABLE texts (id int PRIMARY KEY, t text, b bytea);
@@ -105,6 +106,35 @@ def test_rows_spanning_chunks_are_counted_once(tmp_path, monkeypatch):
     monkeypatch.setattr(row_counts, "CHUNK", 3)  # the end marker and rows straddle every chunk boundary
     (tmp_path / "1.dat").write_bytes(b"1\ta\\n\n22\t\\\\.\n333\t\n\\.\n\n\n")
     assert row_counts.count_data_file(tmp_path / "1.dat") == 3
+
+
+def test_early_counter_counts_finished_files_only_and_never_a_replaced_one(tmp_path):
+    """While a writer (pg_dump's stand-in) still appends to one data file, the files it finished are counted; the
+    growing one is not, however long it stays without its end marker; a file replaced afterwards by another of the
+    same size but other rows is counted again, not taken from what was seen during the dump."""
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    done, growing = dump / "10.dat", dump / "11.dat"
+    done.write_bytes(b"1\ta\n2\tb\n\\.\n\n\n")
+    with row_counts.EarlyCounter(dump, interval=0.01) as early:
+        with open(growing, "wb") as handle:
+            handle.write(b"1\tx\n")
+            handle.flush()
+            deadline = time.monotonic() + 10
+            while "10.dat" not in early.counted and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert set(early.counted) == {"10.dat"}
+            handle.write(b"2\ty\n3\tz\n\\.\n\n\n")
+    assert early.counted["10.dat"][1] == 2
+    assert set(early.counted) <= {"10.dat", "11.dat"}
+    entries = [TocEntry(1, "TABLE DATA", "a", "public", "COPY public.a (x) FROM stdin;\n", "10.dat", ()),
+               TocEntry(2, "TABLE DATA", "b", "public", "COPY public.b (x) FROM stdin;\n", "11.dat", ())]
+    assert row_counts.count_entries(dump, entries, counted=early.counted) == {("public", "a"): 2, ("public", "b"): 3}
+    # same size, other rows: the file is read again
+    done.unlink()
+    done.write_bytes(b"1\n2\n3\tb\n\\.\n\n\n")
+    assert done.stat().st_size == len(b"1\ta\n2\tb\n\\.\n\n\n")
+    assert row_counts.count_entries(dump, entries, counted=early.counted) == {("public", "a"): 3, ("public", "b"): 3}
 
 
 def _locks_of_other_sessions(db, dbname: str, exclude: set[int]) -> list[tuple]:
