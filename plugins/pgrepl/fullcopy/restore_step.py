@@ -237,7 +237,8 @@ def build_staging(db, settings: ReplicationSettings, paths: RunPaths, planned: R
     linked = staging.link_data_files(paths.dump_dir, source_entries, stage_dir, read_entries(stage_dir), schemas)
     tuned = staging.tune_archive(stage_dir, unique_builds, freeze=parallel)
     log.info("staging archive for pg_restore --jobs %s: %s COPY WITH (FREEZE), %s primary keys and unique constraints "
-             "built beside the other indexes", settings.jobs, tuned["frozen_copies"], tuned["unique_indexes_beside"])
+             "built beside the other indexes, %s FK checks as merge joins", settings.jobs, tuned["frozen_copies"],
+             tuned["unique_indexes_beside"], tuned["fk_checks_merged"])
     stage_list = lists / "staging-archive.list"
     listing = subprocess.run([pg_restore, "--list", str(stage_dir)], capture_output=True, text=True)
     if listing.returncode != 0:

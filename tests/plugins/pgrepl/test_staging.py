@@ -145,8 +145,9 @@ def test_inheritance_child_with_reordered_columns_is_loaded_by_copy(source_db, t
 
 def test_tune_archive_changes_only_copy_statements_and_unique_constraints(source_db, target_db, tmp_path):
     """A real pg_dump archive rewritten by :func:`staging.tune_archive`: every TABLE DATA entry's COPY gains
-    ``WITH (FREEZE)``, the chosen CONSTRAINT entries become INDEX entries with their new SQL, every other field
-    of every entry is as pg_dump wrote it, and pg_restore reads the archive as before."""
+    ``WITH (FREEZE)``, the chosen CONSTRAINT entries become INDEX entries with their new SQL, every FK CONSTRAINT
+    entry's statement is preceded by ``SET LOCAL enable_hashjoin = off``, every other field of every entry is as
+    pg_dump wrote it, and pg_restore reads the archive as before."""
     import subprocess
 
     from pgrepl.fullcopy.common import client_environment
@@ -163,8 +164,10 @@ def test_tune_archive_changes_only_copy_statements_and_unique_constraints(source
     assert len(data_entries) >= 5 and len(keys) == 2 and all(k.catalog_oid for k in keys)
     builds = {k.catalog_oid: f"-- built beside {k.tag}\n" for k in keys}
 
+    fks = [e for e in before if e.desc == "FK CONSTRAINT"]
+    assert fks
     assert staging.tune_archive(archive, builds, freeze=True) == {
-        "frozen_copies": len(data_entries), "unique_indexes_beside": 2}
+        "frozen_copies": len(data_entries), "unique_indexes_beside": 2, "fk_checks_merged": len(fks)}
     after = read_entries(archive)
     same = lambda e: (e.dump_id, e.tag, e.namespace, e.filename, e.deps, e.catalog_oid)  # noqa: E731
     assert [same(e) for e in after] == [same(e) for e in before]
@@ -174,6 +177,8 @@ def test_tune_archive_changes_only_copy_statements_and_unique_constraints(source
             assert (new.desc, new.defn) == (old.desc, old.defn)
         elif old in keys:
             assert (new.desc, new.defn, new.copy_stmt) == ("INDEX", f"-- built beside {old.tag}\n", old.copy_stmt)
+        elif old in fks:
+            assert (new.desc, new.defn) == (old.desc, "SET LOCAL enable_hashjoin = off;\n" + old.defn)
         else:
             assert new == old
     relisted = subprocess.run([tool("pg_restore"), "--list", str(archive)], capture_output=True, text=True, check=True)
@@ -185,3 +190,4 @@ def test_tune_archive_changes_only_copy_statements_and_unique_constraints(source
                             text=True, check=True).stdout
     assert script.count("FROM stdin WITH (FREEZE);") == len(data_entries)
     assert all(f"-- built beside {k.tag}" in script for k in keys)
+    assert script.count("SET LOCAL enable_hashjoin = off;") == len(fks)

@@ -107,8 +107,11 @@ def test_parallel_restore_loads_frozen_and_builds_keys_beside_indexes(make_setti
                            "AND t.relnamespace = 'public'::regnamespace")[0][0]
     tables_with_rows = rows(source_db, "SELECT count(*) FROM pg_class WHERE relkind = 'r' "
                                        "AND relnamespace = 'public'::regnamespace")[0][0]  # a data entry each
-    assert result["restore_archive"] == ({"frozen_copies": tables_with_rows, "unique_indexes_beside": keys} if frozen
-                                         else {"frozen_copies": 0, "unique_indexes_beside": 0})
+    fks = rows(source_db, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' "
+                          "AND connamespace = 'public'::regnamespace AND conparentid = 0")[0][0]
+    assert result["restore_archive"] == (
+        {"frozen_copies": tables_with_rows, "unique_indexes_beside": keys, "fk_checks_merged": fks} if frozen
+        else {"frozen_copies": 0, "unique_indexes_beside": 0, "fk_checks_merged": fks})
     assert fingerprint(target_db) == fingerprint(source_db)
     source_definitions = rows(source_db, DEFINITIONS)
     assert len([d for d in source_definitions if d[0] == "constraint"]) >= 10
