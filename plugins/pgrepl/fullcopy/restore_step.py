@@ -345,7 +345,7 @@ def restore(settings: ReplicationSettings, key: str, run_id: str, runner=run_scr
         log.warning("dropped with yesterday's tables (it depended on them): %s", item)
     workdir.record_successful_dump(settings.work_dir, paths.dump_dir, key)
     workdir.clear_restore_failed(paths.root)
-    shutil.rmtree(paths.dump_dir, ignore_errors=True)
+    workdir.remove_consumed_dump(paths.dump_dir)
     shutil.rmtree(paths.root / "staging", ignore_errors=True)
     return {
         "seconds": round(time.monotonic() - started, 3),

@@ -97,3 +97,24 @@ def test_a_failed_restore_makes_its_dump_stale_and_a_success_records_the_size(so
     fullcopy.restore(settings, "night", "night")
     assert not paths.dump_dir.exists()
     assert workdir.last_successful_dump(settings.work_dir)["bytes"] > 0
+
+
+def test_a_consumed_dump_is_renamed_at_once_and_deleted_in_the_background(tmp_path):
+    make_dump(tmp_path, "night_1", 1 << 20, age=0)
+    dump = tmp_path / "night_1" / "dump"
+    trash = workdir.remove_consumed_dump(dump)
+    assert not dump.exists() and trash.parent == dump.parent and trash.name.startswith(workdir.REMOVING_PREFIX)
+    assert workdir.failed_dumps(tmp_path) == []  # no longer taken for a dump
+    deadline = time.monotonic() + 30
+    while trash.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not trash.exists()
+    assert workdir.remove_consumed_dump(dump) is None  # nothing left to remove
+
+
+def test_prune_finishes_a_background_removal_cut_short(tmp_path):
+    make_dump(tmp_path, "night_1", 10, age=0)
+    left = tmp_path / "night_1" / f"{workdir.REMOVING_PREFIX}123"  # the worker died before rm -rf was done
+    (tmp_path / "night_1" / "dump").rename(left)
+    workdir.prune_failed_dumps(tmp_path, "night_2")
+    assert not left.exists() and (tmp_path / "night_1").is_dir()
