@@ -526,6 +526,13 @@ def tune_archive(stage_dir: Path, unique_builds: dict[int, str], freeze: bool) -
     return changed
 
 
+def _complete(path: Path) -> bool:
+    """Whether a plain data file ends with the COPY end marker pg_dump writes last."""
+    from pgrepl.fullcopy.row_counts import ends_with_marker  # pgrepl.fullcopy imports this module
+
+    return ends_with_marker(path)
+
+
 def link_data_files(source_dir: Path, source_entries: list[TocEntry], stage_dir: Path,
                     stage_entries: list[TocEntry], schemas: list[str]) -> LinkedData:
     """Point each table's data file of the staging archive at the source dump's file for the same table."""
@@ -542,6 +549,10 @@ def link_data_files(source_dir: Path, source_entries: list[TocEntry], stage_dir:
         if src is None:
             raise PgreplError(f"the dump has no data file {origin.filename} for {origin.namespace}.{origin.tag}: "
                               "clear the dump task too", retryable=False)
+        if src.suffix != ".gz" and not _complete(src):
+            raise PgreplError(f"dump data file {src} ({origin.namespace}.{origin.tag}) does not end with the COPY end "
+                              "marker: the dump is incomplete (pg_dump runs with --no-sync: a machine that stopped "
+                              "since may have lost its end); the next attempt takes a fresh dump", retryable=True)
         target = stage_dir / entry.filename
         for stale in (target, stage_dir / (entry.filename + ".gz")):
             if stale.exists() or stale.is_symlink():

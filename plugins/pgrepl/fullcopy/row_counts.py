@@ -93,9 +93,10 @@ def _identity(path: Path) -> tuple[int, int, int]:
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
-def _finished(path: Path, size: int) -> bool:
-    """Whether a plain data file of ``size`` bytes ends with the COPY end marker (pg_dump writes it last; a row can
-    never be ``\\.``: pg_dump escapes a lone backslash)."""
+def ends_with_marker(path: Path, size: int | None = None) -> bool:
+    """Whether a plain data file (of ``size`` bytes, read if not given) ends with the COPY end marker: pg_dump
+    writes it last, and a row can never be ``\\.`` (pg_dump escapes a lone backslash)."""
+    size = path.stat().st_size if size is None else size
     if size < len(TRAILER):
         return False
     with open(path, "rb") as handle:
@@ -144,7 +145,7 @@ class EarlyCounter:
             path = self.dump_dir / name
             identity = _identity(path)
             previous, self._seen[name] = self._seen.get(name), identity
-            if identity != previous or not _finished(path, identity[1]):
+            if identity != previous or not ends_with_marker(path, identity[1]):
                 continue  # still growing, or not looked at twice yet
             try:
                 rows = count_data_file(path)

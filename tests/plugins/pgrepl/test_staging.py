@@ -191,3 +191,22 @@ def test_tune_archive_changes_only_copy_statements_and_unique_constraints(source
     assert script.count("FROM stdin WITH (FREEZE);") == len(data_entries)
     assert all(f"-- built beside {k.tag}" in script for k in keys)
     assert script.count("SET LOCAL enable_hashjoin = off;") == len(fks)
+
+
+def test_a_data_file_without_its_end_marker_is_refused_before_pg_restore(tmp_path):
+    """pg_dump runs with ``--no-sync``: a machine that stopped after the dump may have lost the end of a data file.
+    The restore refuses such a file before pg_restore starts, retryably (the next attempt takes a fresh dump)."""
+    from pgrepl.errors import is_retryable
+
+    source, stage = tmp_path / "dump", tmp_path / "staging"
+    source.mkdir()
+    stage.mkdir()
+    (source / "10.dat").write_bytes(b"1\ta\n2\tb\n")  # the end lost
+    (stage / "20.dat").write_bytes(b"\\.\n\n\n")
+    with pytest.raises(Exception, match=r"10\.dat \(public\.a\) does not end with the COPY end marker") as refused:
+        staging.link_data_files(
+            source, [entry(10, "TABLE DATA", tag="a", copy="COPY public.a (x) FROM stdin;\n", filename="10.dat")],
+            stage, [entry(20, "TABLE DATA", namespace="_pgrepl_stage_public", tag="a",
+                          copy="COPY _pgrepl_stage_public.a (x) FROM stdin;\n", filename="20.dat")], ["public"])
+    assert is_retryable(refused.value)
+    assert not (stage / "20.dat").is_symlink()
