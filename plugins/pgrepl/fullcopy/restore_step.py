@@ -220,7 +220,7 @@ def build_staging(db, settings: ReplicationSettings, paths: RunPaths, planned: R
     with client_environment(settings.target, app_name=RESTORE_APP_NAME) as env:
         dumped = subprocess.run(
             [tool("pg_dump", settings.pg_bin_dir), "--format=directory", "--compress=0", "--no-owner",
-             "--no-privileges", "--no-sync", *[f"--schema={p}" for p in patterns], f"--file={stage_dir}",
+             "--no-privileges", *[f"--schema={p}" for p in patterns], f"--file={stage_dir}",
              f"--dbname={settings.target.safe_url()}"], env=env, capture_output=True, text=True)
     if dumped.returncode != 0:
         raise ClientCommandError(f"pg_dump of the staging schemas failed: {dumped.stderr.strip()[-1000:]}")

@@ -194,8 +194,9 @@ def test_tune_archive_changes_only_copy_statements_and_unique_constraints(source
 
 
 def test_a_data_file_without_its_end_marker_is_refused_before_pg_restore(tmp_path):
-    """pg_dump runs with ``--no-sync``: a machine that stopped after the dump may have lost the end of a data file.
-    The restore refuses such a file before pg_restore starts, retryably (the next attempt takes a fresh dump)."""
+    """A plain data file cut short (a full disk, a copy interrupted, a file changed since the dump) would load
+    fewer rows without an error from pg_restore. The restore refuses it before pg_restore starts, retryably (the
+    next attempt takes a fresh dump)."""
     from pgrepl.errors import is_retryable
 
     source, stage = tmp_path / "dump", tmp_path / "staging"
