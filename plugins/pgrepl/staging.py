@@ -551,8 +551,8 @@ def link_data_files(source_dir: Path, source_entries: list[TocEntry], stage_dir:
                               "clear the dump task too", retryable=False)
         if src.suffix != ".gz" and not _complete(src):
             raise PgreplError(f"dump data file {src} ({origin.namespace}.{origin.tag}) does not end with the COPY end "
-                              "marker: the dump is incomplete (cut short, or changed since); the next attempt takes a "
-                              "fresh dump", retryable=True)
+                              "marker: the dump is incomplete (cut short, changed since, or its end lost in a machine "
+                              "stop: pg_dump runs with --no-sync); the next attempt takes a fresh dump", retryable=True)
         target = stage_dir / entry.filename
         for stale in (target, stage_dir / (entry.filename + ".gz")):
             if stale.exists() or stale.is_symlink():

@@ -34,7 +34,7 @@ while IFS= read -r pattern; do
   [ -n "$pattern" ] && excludes+=("--exclude-table-data=$pattern")
 done <<< "${PGREPL_EXCLUDES:-}"
 "$PGREPL_PG_DUMP" --format=directory --jobs="$PGREPL_JOBS" --compress="$PGREPL_COMPRESS" \
-  --no-owner --no-privileges --verbose \
+  --no-owner --no-privileges --no-sync --verbose \
   --exclude-schema=information_schema --exclude-schema='pg_*' \
   ${PGREPL_SNAPSHOT:+--snapshot="$PGREPL_SNAPSHOT"} "${excludes[@]}" \
   --file="$PGREPL_DUMP_DIR" --dbname="$PGREPL_SOURCE_URL" 2>&1 \

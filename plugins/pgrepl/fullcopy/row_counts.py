@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +31,8 @@ from pgrepl.toc import TocEntry, read_entries
 
 #: bytes read at a time (bytes.count over large chunks: about 1 GB/s on one core)
 CHUNK = 8 << 20
+#: plain data files from this size on are counted by ``wc -l``
+WC_MIN_BYTES = 4 << 20
 #: how every data file of ``pg_dump --format=directory`` ends
 TRAILER = b"\\.\n\n\n"
 
@@ -56,6 +60,24 @@ def _data_path(dump_dir: Path, filename: str, present: set[str] | None = None) -
 
 
 def _count_plain(path: Path) -> tuple[int, bytes]:
+    """``(newlines, last bytes)`` of an uncompressed file: a big one by ``wc -l`` where there is one (coreutils counts
+    newlines about three times as fast as Python, and on a core of its own), else :func:`_count_plain_python`
+    (a small file costs less than starting a process)."""
+    wc = shutil.which("wc") if path.stat().st_size >= WC_MIN_BYTES else None
+    if wc is None:
+        return _count_plain_python(path)
+    with open(path, "rb") as handle:
+        counted = subprocess.run([wc, "-l"], stdin=handle, capture_output=True, check=False)
+    if counted.returncode != 0:
+        raise OSError(f"wc -l failed: {counted.stderr.decode(errors='replace').strip()}")
+    newlines = int(counted.stdout.split()[0])
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        handle.seek(max(0, size - len(TRAILER)))
+        return newlines, handle.read()
+
+
+def _count_plain_python(path: Path) -> tuple[int, bytes]:
     """``(newlines, last bytes)`` of an uncompressed file, read into one buffer sized for it (at most :data:`CHUNK`)."""
     newlines, tail = 0, b""
     with open(path, "rb", buffering=0) as handle:

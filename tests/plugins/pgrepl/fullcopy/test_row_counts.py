@@ -106,6 +106,11 @@ def test_rows_spanning_chunks_are_counted_once(tmp_path, monkeypatch):
     monkeypatch.setattr(row_counts, "CHUNK", 3)  # the end marker and rows straddle every chunk boundary
     (tmp_path / "1.dat").write_bytes(b"1\ta\\n\n22\t\\\\.\n333\t\n\\.\n\n\n")
     assert row_counts.count_data_file(tmp_path / "1.dat") == 3
+    monkeypatch.setattr(row_counts, "WC_MIN_BYTES", 0)
+    assert row_counts.count_data_file(tmp_path / "1.dat") == 3  # wc -l
+    assert row_counts._count_plain_python(tmp_path / "1.dat") == (6, b"\\.\n\n\n")  # without wc
+    monkeypatch.setattr(row_counts.shutil, "which", lambda name: None)
+    assert row_counts.count_data_file(tmp_path / "1.dat") == 3
 
 
 def test_early_counter_counts_finished_files_only_and_never_a_replaced_one(tmp_path):
