@@ -45,13 +45,18 @@ def first_time_lines() -> list[str]:
     return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.split("#", 1)[0].strip()]
 
 
-def own_pids(marker: str) -> list[int]:
+def own_pids(marker: str, folder: Path | None = None) -> list[int]:
+    """Processes of the recipe: ``marker`` (``AIRFLOW_HOME=...``) in their environment, or running in ``folder``.
+    The api-server's processes are found by the second: the title it gives itself (``airflow api_server -- host:...``)
+    overwrites the memory ``/proc/<pid>/environ`` reads, and a test that missed them left one running."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             if marker.encode() in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+            elif folder is not None and Path(os.readlink(entry / "cwd")).is_relative_to(folder):
                 pids.append(int(entry.name))
         except OSError:
             continue
@@ -124,19 +129,19 @@ def test_readme_one_machine_recipe_runs_as_written(pg_cluster, tmp_path):
         assert all(r[2] == "success" for r in runs), f"{runs}\n{logs}"
         assert (home / "pgrepl-work").is_dir()  # the default work folder, no compose path
     finally:
-        for pid in own_pids(marker):
+        for pid in own_pids(marker, clone):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
         stop = time.monotonic() + 20
-        while own_pids(marker) and time.monotonic() < stop:
+        while own_pids(marker, clone) and time.monotonic() < stop:
             time.sleep(0.2)
-        for pid in own_pids(marker):
+        for pid in own_pids(marker, clone):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         for name in ("readme_source", "readme_warehouse"):
             pg_cluster.drop_database(name)
-    assert not own_pids(marker)
+    assert not own_pids(marker, clone)
